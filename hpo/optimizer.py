@@ -1,0 +1,92 @@
+"""Bayesian optimisation behind a two-call interface: ``ask(n)`` and ``tell(params, losses)``.
+
+The loop lives in the flow; this object only proposes and learns. Its whole state is the
+list of (params, loss) it was told, so ``Optimizer.from_history`` rebuilds it from the
+rounds recorded in MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hpo.space import Categorical, Dimension, Integer, Real, to_python
+
+
+def _to_skopt(dim: Dimension):
+    from skopt import space as sk
+
+    if isinstance(dim, Real):
+        return sk.Real(dim.low, dim.high, prior=dim.prior, name=dim.name)
+    if isinstance(dim, Integer):
+        return sk.Integer(dim.low, dim.high, name=dim.name)
+    if isinstance(dim, Categorical):
+        return sk.Categorical(list(dim.choices), name=dim.name)
+    raise TypeError(f"unsupported dimension {dim!r}")
+
+
+class Optimizer:
+    """GP-surrogate optimiser over named dimensions (minimises the loss it is told)."""
+
+    def __init__(
+        self,
+        dimensions: Sequence[Dimension],
+        seed: int = 0,
+        n_initial_points: int = 5,
+        acq_func: str = "EI",
+    ) -> None:
+        if not dimensions:
+            raise ValueError("the search space is empty: at least one dimension is needed")
+        names = [d.name for d in dimensions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dimension names must be unique, got {names}")
+        from skopt import Optimizer as SkOptimizer
+
+        self.dimensions = list(dimensions)
+        self.names = names
+        self.history: list[tuple[dict[str, Any], float]] = []
+        self._sk = SkOptimizer(
+            [_to_skopt(d) for d in self.dimensions],
+            base_estimator="GP",
+            acq_func=acq_func,
+            n_initial_points=max(1, n_initial_points),
+            random_state=seed,
+        )
+
+    def ask(self, n: int = 1) -> list[dict[str, Any]]:
+        """Propose ``n`` settings (a batch uses skopt's constant-liar strategy)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        points = [self._sk.ask()] if n == 1 else self._sk.ask(n_points=n, strategy="cl_max")
+        return [self._as_params(p) for p in points]
+
+    def tell(self, params: Sequence[dict[str, Any]], losses: Sequence[float]) -> None:
+        if len(params) != len(losses):
+            raise ValueError(f"{len(params)} params but {len(losses)} losses")
+        if not params:
+            return
+        points = [[p[name] for name in self.names] for p in params]
+        self._sk.tell(points, [float(v) for v in losses])
+        self.history.extend((dict(p), float(v)) for p, v in zip(params, losses, strict=True))
+
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        return min(self.history, key=lambda item: item[1]) if self.history else None
+
+    @classmethod
+    def from_history(
+        cls,
+        dimensions: Sequence[Dimension],
+        history: Sequence[tuple[dict[str, Any], float]],
+        **kwargs: Any,
+    ) -> Optimizer:
+        """Rebuild an optimiser from recorded (params, loss) rounds, e.g. to resume a job."""
+        opt = cls(dimensions, **kwargs)
+        # Drawing the random initial points the original already drew moves skopt's random
+        # stream past them, so a resumed job does not propose the same points again.
+        for _ in range(min(len(history), opt._sk._n_initial_points)):
+            opt._sk.ask()
+        opt.tell([p for p, _ in history], [v for _, v in history])
+        return opt
+
+    def _as_params(self, point: Sequence[Any]) -> dict[str, Any]:
+        return {name: to_python(v) for name, v in zip(self.names, point, strict=True)}

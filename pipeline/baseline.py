@@ -1,0 +1,90 @@
+"""The baseline: build or load the model, train it if it came without weights, save it
+as the artifact every candidate starts from, and measure it once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from learners.finetune import TrainSettings, train_
+from pipeline import export, measure
+from pipeline.candidate import latency_settings, resolve_device
+from pipeline.data import Splits, load_splits
+from pipeline.models import build_model
+from pipeline.spec import JobSpec
+
+
+@dataclass
+class Baseline:
+    model_path: str
+    onnx_path: str
+    deployable_path: str
+    accuracy: float
+    latency_ms: float
+    flops: int
+    params: int
+    bytes: int
+    trained_here: bool
+    pretrain_curve: dict[str, list[float]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def splits_for(spec: JobSpec) -> Splits:
+    d = spec.data
+    return load_splits(d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed)
+
+
+def prepare(spec: JobSpec, out_dir: Path, log=print) -> Baseline:
+    torch.manual_seed(spec.seed)
+    splits = splits_for(spec)
+    m = spec.model
+    model, has_weights = build_model(
+        m.source, splits.num_classes, splits.input_shape[0], m.options, m.weights
+    )
+    curve: dict[str, list[float]] = {}
+    if not has_weights and spec.finetune.pretrain_epochs > 0:
+        log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")
+        train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
+        settings = TrainSettings(
+            epochs=spec.finetune.pretrain_epochs,
+            lr=spec.finetune.pretrain_lr,
+            weight_decay=spec.finetune.weight_decay,
+        )
+        started = time.perf_counter()
+
+        def progress(epoch: int, loss: float, val: float | None) -> None:
+            log(f"  epoch {epoch + 1:>3}: loss {loss:.4f}  val accuracy {val:.4f}")
+
+        curve = train_(
+            model,
+            train_loader,
+            val_loader,
+            settings,
+            device=resolve_device(spec.device),
+            on_epoch=progress,
+        )
+        log(f"baseline trained in {time.perf_counter() - started:.0f} s")
+    model = model.to("cpu").eval()
+    example = splits.example_inputs()
+    _, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
+    folder = out_dir / "baseline"
+    model_path = export.save_model(model, folder / "model.pt")
+    onnx_path = export.export_onnx(model, example, folder / "model.onnx")
+    deployable = export.save_deployable(model, example, folder / "model")
+    return Baseline(
+        model_path=str(model_path),
+        onnx_path=str(onnx_path),
+        deployable_path=str(deployable),
+        accuracy=measure.accuracy(model, val_loader),
+        latency_ms=measure.latency_ms(model, example, latency_settings(spec), folder),
+        flops=measure.count_flops(model, example),
+        params=measure.count_params(model),
+        bytes=measure.file_bytes(deployable),
+        trained_here=not has_weights,
+        pretrain_curve=curve,
+    )

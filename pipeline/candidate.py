@@ -1,0 +1,181 @@
+"""One candidate: apply a learner chain to the baseline, fine-tune, export, measure.
+
+Inputs and outputs are plain, JSON-able values (the baseline travels as a file path or
+URI, never as a Python object), so a task runner can ship this function anywhere.
+A failure becomes a result with status "failed" and its error text: the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpo.space import split_namespace
+from learners import registry
+from learners.base import Context
+from learners.finetune import DistillSettings, TrainSettings, accuracy, train_
+from pipeline import export, measure, storage
+from pipeline.data import load_splits
+from pipeline.spec import JobSpec, parse
+
+
+@dataclass
+class CandidateResult:
+    round: int
+    params: dict[str, Any]
+    learners: list[str]
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    baseline_latency_ms: float | None = None
+    speedup: float | None = None
+    flops: int | None = None
+    param_count: int | None = None
+    bytes: int | None = None
+    compression: float | None = None
+    model_path: str | None = None
+    deployable_path: str | None = None
+    records: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def achieved(self, kind: str) -> float | None:
+        return self.speedup if kind == "speedup" else self.compression
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateResult:
+        return cls(**data)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def train_settings(spec: JobSpec, params: dict[str, Any] | None = None) -> TrainSettings:
+    f = spec.finetune
+    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay)
+
+
+def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings | None:
+    d = spec.distillation
+    if not d.enabled:
+        return None
+    searched = split_namespace(params, "distill")
+    return DistillSettings(
+        temperature=float(searched.get("temperature", d.temperature)),
+        alpha=float(searched.get("alpha", d.alpha)),
+    )
+
+
+def latency_settings(spec: JobSpec) -> measure.LatencySettings:
+    m = spec.measure
+    return measure.LatencySettings(
+        runtime=spec.target.runtime,
+        batch_size=m.batch_size,
+        threads=m.threads,
+        warmup=m.warmup,
+        repeats=m.repeats,
+    )
+
+
+def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch.nn.Module | None:
+    if not spec.distillation.enabled:
+        return None
+    if not spec.distillation.teacher:
+        return baseline
+    return export.load_model(storage.fetch(spec.distillation.teacher, cache))
+
+
+def apply_chain(
+    baseline: torch.nn.Module,
+    spec: JobSpec,
+    params: dict[str, Any],
+    ctx: Context,
+) -> torch.nn.Module:
+    model = baseline
+    for name in spec.learners:
+        learner = registry.get(name, **spec.learner_options.get(name, {}))
+        model = learner.compress(model, split_namespace(params, name), ctx)
+    return model
+
+
+def evaluate(
+    spec_data: dict[str, Any],
+    baseline_uri: str,
+    baseline_bytes: int,
+    params: dict[str, Any],
+    round_index: int,
+    workdir: str,
+) -> dict[str, Any]:
+    """Build, fine-tune and measure one candidate; returns ``CandidateResult.to_dict()``."""
+    started = time.perf_counter()
+    spec = parse(spec_data)
+    result = CandidateResult(round=round_index, params=dict(params), learners=list(spec.learners))
+    out = Path(workdir) / f"round-{round_index:03d}"
+    try:
+        torch.manual_seed(spec.seed + round_index)
+        device = resolve_device(spec.device)
+        d = spec.data
+        splits = load_splits(
+            d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed
+        )
+        train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
+        baseline = export.load_model(storage.fetch(baseline_uri, Path(workdir) / "cache"))
+        teacher = load_teacher(spec, baseline, Path(workdir) / "cache")
+        distill = distill_settings(spec, params)
+        settings = train_settings(spec)
+
+        def finetune(model: torch.nn.Module, **overrides: Any) -> dict[str, list[float]]:
+            s = TrainSettings(**{**asdict(settings), **overrides})
+            return train_(model, train_loader, val_loader, s, teacher, distill, device)
+
+        ctx = Context(
+            train_loader=train_loader,
+            val_loader=val_loader,
+            example_inputs=splits.example_inputs(),
+            finetune=finetune,
+            device=device,
+            teacher=teacher,
+            seed=spec.seed + round_index,
+        )
+        model = apply_chain(baseline, spec, params, ctx).to("cpu").eval()
+        baseline.to("cpu")
+        example = ctx.example_inputs
+        result.records, result.curves = ctx.records, ctx.curves
+        result.accuracy = accuracy(model, val_loader)
+        result.param_count = measure.count_params(model)
+        result.flops = _flops_or_none(model, example)
+        deployable = export.save_deployable(model, example, out / "deployable")
+        result.deployable_path = str(deployable)
+        result.bytes = measure.file_bytes(deployable)
+        result.compression = baseline_bytes / result.bytes
+        timing = measure.compare_latency(baseline, model, example, latency_settings(spec), out)
+        result.latency_ms, result.baseline_latency_ms = timing.candidate_ms, timing.baseline_ms
+        result.speedup = timing.speedup
+        result.model_path = str(export.save_model(model, out / "model.pt"))
+        (out / "records.json").write_text(json.dumps(result.records, indent=1, default=str))
+    except Exception as err:
+        result.status = "failed"
+        result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
+    result.seconds = time.perf_counter() - started
+    return result.to_dict()
+
+
+def _flops_or_none(model: torch.nn.Module, example: torch.Tensor) -> int | None:
+    """FLOPs where torch can count them (a model that runs outside torch cannot be)."""
+    try:
+        return measure.count_flops(model, example)
+    except Exception:
+        return None

@@ -1,0 +1,250 @@
+"""Data sources -> train / validation / test splits.
+
+The search reward uses the validation split, carved (stratified, seeded) from the
+training data; the test split is touched once, for the final report.
+
+Sources: ``digits`` (scikit-learn's bundled 8x8 digits, upsampled), ``cifar10:<dir>``
+(the standard python-batch format), ``imagefolder:<dir>`` (one folder per class,
+optionally under train/ and test/), ``package.module:callable`` returning loaders.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp"}
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be read; the message names the source and the problem."""
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]  # (C, H, W) of one example
+
+    def loaders(self, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+        g = torch.Generator().manual_seed(seed)
+        return (
+            DataLoader(self.train, batch_size=batch_size, shuffle=True, generator=g),
+            DataLoader(self.val, batch_size=256),
+            DataLoader(self.test, batch_size=256),
+        )
+
+    def example_inputs(self) -> torch.Tensor:
+        return self.val[0][0].unsqueeze(0).clone()
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, carved) with ``fraction`` of each class carved out."""
+    rng = np.random.default_rng(seed)
+    kept, carved = [], []
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        carved.append(idx[:n])
+        kept.append(idx[n:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
+
+
+def _limit(x: torch.Tensor, y: torch.Tensor, limit: int | None, seed: int):
+    if limit is None or limit >= len(y):
+        return x, y
+    _, keep = _stratified_split(y.numpy(), limit / len(y), seed)
+    return x[keep], y[keep]
+
+
+def _from_arrays(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor | None,
+    y_test: torch.Tensor | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> Splits:
+    if x_test is None or y_test is None:
+        rest, test = _stratified_split(y_train.numpy(), test_fraction, seed)
+        x_test, y_test = x_train[test], y_train[test]
+        x_train, y_train = x_train[rest], y_train[rest]
+    train, val = _stratified_split(y_train.numpy(), val_fraction, seed + 1)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    return Splits(
+        train=TensorDataset(x_train[train], y_train[train]),
+        val=TensorDataset(x_train[val], y_train[val]),
+        test=TensorDataset(x_test, y_test),
+        num_classes=num_classes,
+        input_shape=tuple(x_train.shape[1:]),
+    )
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def load_digits_arrays(image_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits: 1,797 8x8 grey images, upsampled (32x32 by default) so
+    CIFAR-style networks keep their spatial stages."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = (_resize(x, image_size or 32) - 0.5) / 0.5
+    return x, torch.tensor(bunch.target, dtype=torch.long)
+
+
+def _unpickle(path: Path) -> dict:
+    with path.open("rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def load_cifar10_arrays(directory: Path, image_size: int | None):
+    """The python-batch format: data_batch_1..5 and test_batch, each a pickled dict with
+    b'data' (N x 3072 uint8, channel-major) and b'labels'."""
+    train_files = sorted(directory.glob("data_batch_*"))
+    test_file = directory / "test_batch"
+    if not train_files:
+        raise DataSourceError(
+            f"cifar10:{directory}: no data_batch_* files (expected the CIFAR-10 python format)"
+        )
+
+    def read(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            try:
+                batch = _unpickle(f)
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+                raise DataSourceError(
+                    f"cifar10:{directory}: {f.name} is unreadable: {err}"
+                ) from None
+        x = torch.from_numpy(np.concatenate(xs)).float() / 255.0
+        mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+        return _resize((x - mean) / std, image_size), torch.from_numpy(np.concatenate(ys))
+
+    x_train, y_train = read(train_files)
+    x_test, y_test = read([test_file]) if test_file.exists() else (None, None)
+    return x_train, y_train, x_test, y_test
+
+
+def _read_image_tree(root: Path, classes: list[str], size: int):
+    from PIL import Image
+
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(f) as img:
+                arr = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.float32)
+            xs.append(torch.from_numpy(arr).permute(2, 0, 1) / 255.0)
+            ys.append(label)
+    if not xs:
+        raise DataSourceError(f"imagefolder:{root}: no images ({sorted(IMAGE_SUFFIXES)}) found")
+    x = (torch.stack(xs) - 0.5) / 0.5
+    return x, torch.tensor(ys, dtype=torch.long)
+
+
+def load_imagefolder_arrays(directory: Path, image_size: int | None):
+    """``<dir>/<class>/*.png``, or ``<dir>/train/<class>`` + ``<dir>/test/<class>``."""
+    size = image_size or 32
+    train_root = directory / "train" if (directory / "train").is_dir() else directory
+    test_root = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataSourceError(
+            f"imagefolder:{directory}: need at least 2 class folders, found {classes}"
+        )
+    x_train, y_train = _read_image_tree(train_root, classes, size)
+    if test_root is not None and train_root != directory:
+        x_test, y_test = _read_image_tree(test_root, classes, size)
+        return x_train, y_train, x_test, y_test
+    return x_train, y_train, None, None
+
+
+def _from_callable(source: str) -> Splits:
+    module_name, _, attr = source.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise DataSourceError(f"data source {source!r} cannot be imported: {err}") from None
+    result = fn()
+    if isinstance(result, dict):
+        result = (result.get("train"), result.get("val"), result.get("test"))
+    if not (isinstance(result, tuple) and len(result) == 3 and all(result)):
+        raise DataSourceError(
+            f"data source {source!r} must return (train, val, test) DataLoaders or a dict "
+            "with keys train, val, test"
+        )
+    datasets = [r.dataset if isinstance(r, DataLoader) else r for r in result]
+    x0, _ = datasets[0][0]
+    labels = set()
+    for ds in datasets:
+        labels.update(int(ds[i][1]) for i in range(len(ds)))
+    return Splits(*datasets, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(key: str) -> Splits:
+    o = json.loads(key)
+    source, size, seed = o["source"], o["image_size"], o["seed"]
+    if source == "digits":
+        x, y = load_digits_arrays(size)
+        x, y = _limit(x, y, o["limit"], seed)
+        return _from_arrays(x, y, None, None, o["val_fraction"], o["test_fraction"], seed)
+    scheme, _, rest = source.partition(":")
+    if scheme in ("cifar10", "imagefolder"):
+        directory = Path(rest)
+        if not directory.is_dir():
+            raise DataSourceError(f"{source}: {directory} is not a directory")
+        loader = load_cifar10_arrays if scheme == "cifar10" else load_imagefolder_arrays
+        x_tr, y_tr, x_te, y_te = loader(directory, size)
+        x_tr, y_tr = _limit(x_tr, y_tr, o["limit"], seed)
+        return _from_arrays(x_tr, y_tr, x_te, y_te, o["val_fraction"], o["test_fraction"], seed)
+    return _from_callable(source)
+
+
+def load_splits(
+    source: str,
+    image_size: int | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Splits:
+    """The splits for a data source (cached per process: candidate tasks reload often)."""
+    key = json.dumps(
+        dict(
+            source=source,
+            image_size=image_size,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            limit=limit,
+            seed=seed,
+        ),
+        sort_keys=True,
+    )
+    return _load_cached(key)

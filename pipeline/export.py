@@ -1,0 +1,69 @@
+"""Writing and reading model files: ONNX for deployment, full pickles for hand-over.
+
+A module that has its own deployable format (packed sparse weights, codebooks, an int8
+ONNX graph) exposes ``save_packed(path)`` and/or ``export_onnx(path)``; otherwise the
+deployable file is the fp32 ONNX export.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> Path:
+    """ONNX file with a dynamic batch axis (input name ``input``, output ``logits``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    custom = getattr(model, "export_onnx", None)
+    if callable(custom):
+        custom(path)
+        return path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: ~0.2 s for a small CNN against ~5 s for the dynamo one,
+        # and it writes one self-contained file.
+        torch.onnx.export(
+            model.eval(),
+            (example_inputs,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def save_deployable(model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path:
+    """The file a user ships: the learner's packed format if it has one, else ONNX."""
+    stem = Path(stem)
+    packed = getattr(model, "save_packed", None)
+    if callable(packed):
+        path = stem.with_suffix(getattr(model, "packed_suffix", ".packed"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        packed(path)
+        return path
+    return export_onnx(model, example_inputs, stem.with_suffix(".onnx"))
+
+
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    """The whole module (architecture + weights): pruned models no longer match a factory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, path)
+    return path
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Load a file written by ``save_model``. Pickles run code: only load trusted files."""
+    model = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()

@@ -1,0 +1,88 @@
+"""Model sources: a zoo name, ``package.module:factory`` (+ optional weights), a saved
+full-model file, or any of those files behind an ``s3://`` URI."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import storage, zoo
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be built or loaded; the message says why."""
+
+
+def _call_factory(factory, num_classes: int, in_channels: int, options: dict[str, Any]):
+    accepted = inspect.signature(factory).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    kwargs = dict(options)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key not in kwargs and (key in accepted or takes_kwargs):
+            kwargs[key] = value
+    return factory(**kwargs)
+
+
+def load_weights(model: nn.Module, weights: str) -> nn.Module:
+    """Load a state dict from safetensors or a torch file (``weights_only=True``: a
+    weights file never runs code). Keys must match the model exactly."""
+    path = storage.fetch(weights)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ModelSourceError(
+                f"weights {weights}: not a state dict loadable with weights_only=True ({err})"
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelSourceError(f"weights {weights}: expected a state dict, got {type(state)}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelSourceError(f"weights {weights} do not fit the model: {err}") from None
+    return model
+
+
+def build_model(
+    source: str,
+    num_classes: int,
+    in_channels: int,
+    options: dict[str, Any] | None = None,
+    weights: str | None = None,
+) -> tuple[nn.Module, bool]:
+    """The model and whether it came with trained weights."""
+    options = options or {}
+    if source in zoo.names():
+        model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
+    elif ":" in source and not storage.is_s3(source) and not Path(source).exists():
+        module_name, _, attr = source.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ModelSourceError(f"model factory {source!r} cannot be imported: {err}") from None
+        model = _call_factory(factory, num_classes, in_channels, options)
+        if not isinstance(model, nn.Module):
+            raise ModelSourceError(f"{source} returned {type(model).__name__}, not an nn.Module")
+    else:
+        from pipeline.export import load_model
+
+        try:
+            return load_model(storage.fetch(source)), True
+        except (storage.StorageError, ValueError) as err:
+            raise ModelSourceError(str(err)) from None
+        except Exception as err:
+            raise ModelSourceError(f"model file {source} cannot be loaded: {err}") from None
+    if weights:
+        return load_weights(model, weights), True
+    return model, False

@@ -1,0 +1,194 @@
+"""``compressflow run``: one job, from a YAML file and/or flags, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import UserError
+
+# The job finished and its best candidate is recorded, but it falls short of the target.
+EXIT_TARGET_NOT_MET = 3
+
+# Prefect phones home by default; this machine (and many clusters) has no internet.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that describe a job (shared with ``submit``). Each overrides the YAML file."""
+    g = p.add_argument_group("job")
+    g.add_argument("--job", help="job spec YAML file (flags below override its fields)")
+    g.add_argument("--name", help="job name (default: derived from model and target)")
+    g.add_argument("--model", help="zoo name, package.module:factory, model file or s3:// URI")
+    g.add_argument("--weights", help="state-dict weights (.safetensors or torch file)")
+    g.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the model factory (repeatable)",
+    )
+    g.add_argument("--data", help="digits | cifar10:<dir> | imagefolder:<dir> | module:callable")
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--data-limit", type=int, help="use at most this many samples")
+    g.add_argument("--learners", help="learner or comma-separated chain, e.g. channel,uniform")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--target-speedup", type=float, help="measured speedup factor, e.g. 2")
+    t.add_argument("--target-compression", type=float, help="deployable-file ratio, e.g. 4")
+    g.add_argument("--runtime", help="torch-cpu | onnxruntime-cpu | cuda")
+    g.add_argument("--rounds", type=int, help="candidates to evaluate at most")
+    g.add_argument("--minutes", type=float, help="search time budget")
+    g.add_argument("--patience", type=int, help="rounds without gain once the target is met")
+    g.add_argument("--parallel", type=int, help="candidates proposed and run together")
+    g.add_argument("--pretrain-epochs", type=int)
+    g.add_argument("--epochs", type=int, help="fine-tune epochs per candidate")
+    g.add_argument("--lr", type=float, help="fine-tune learning rate")
+    g.add_argument(
+        "--distill",
+        action="store_true",
+        default=None,
+        help="distil from the baseline while fine-tuning",
+    )
+    g.add_argument("--measure-batch", type=int, help="batch size for latency")
+    g.add_argument("--threads", type=int, help="threads for latency measurement")
+    g.add_argument("--repeats", type=int, help="timed repeats per latency measurement")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    g.add_argument("--experiment", help="MLflow experiment name")
+    g.add_argument(
+        "--no-register",
+        action="store_true",
+        default=None,
+        help="do not register the best model in the MLflow registry",
+    )
+    g.add_argument("--output", help="folder for models, ONNX files and the summary")
+    g.add_argument("--device", help="auto | cpu | cuda (where fine-tuning runs)")
+    g.add_argument("--seed", type=int)
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = o
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+
+    for item in args.model_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--model-option {item!r} must look like KEY=VALUE")
+        put(f"model.options.{key}", _option_value(value))
+    put("name", args.name)
+    put("model.source", args.model)
+    put("model.weights", args.weights)
+    put("data.source", args.data)
+    put("data.image_size", args.image_size)
+    put("data.limit", args.data_limit)
+    put("learners", args.learners)
+    # A target given as a flag replaces the file's target of the other kind.
+    if args.target_speedup is not None:
+        o["target"] = {"speedup": args.target_speedup, "compression": None}
+    if args.target_compression is not None:
+        o["target"] = {"compression": args.target_compression, "speedup": None}
+    put("target.runtime", args.runtime)
+    put("budget.rounds", args.rounds)
+    put("budget.minutes", args.minutes)
+    put("budget.patience", args.patience)
+    put("budget.batch", args.parallel)
+    put("finetune.pretrain_epochs", args.pretrain_epochs)
+    put("finetune.epochs", args.epochs)
+    put("finetune.lr", args.lr)
+    put("distillation.enabled", args.distill)
+    put("measure.batch_size", args.measure_batch)
+    put("measure.threads", args.threads)
+    put("measure.repeats", args.repeats)
+    put("tracking.uri", args.tracking_uri)
+    put("tracking.experiment", args.experiment)
+    put("tracking.register_model", False if args.no_register else None)
+    put("output", args.output)
+    put("device", args.device)
+    put("seed", args.seed)
+    return o
+
+
+def spec_from_args(args: argparse.Namespace):
+    from pipeline import spec as spec_mod
+
+    try:
+        base = spec_mod.load(args.job).to_dict() if args.job else {}
+        merged = spec_mod.merge(base, overrides_from_args(args))
+        if "target" not in merged:
+            raise UserError(
+                "no target: give --target-speedup N or --target-compression N "
+                "(or a target: block in the job file)"
+            )
+        return spec_mod.parse(merged)
+    except spec_mod.SpecError as err:
+        raise UserError(str(err)) from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run one compression job on this machine")
+    add_job_arguments(p)
+    p.add_argument("--summary-json", help="also write the result summary to this path")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue the job recorded under this "
+        "MLflow parent run (its rounds count towards the budget)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    from pipeline.data import DataSourceError
+    from pipeline.flows import compress
+    from pipeline.models import ModelSourceError
+    from pipeline.report import table
+    from pipeline.storage import StorageError
+    from pipeline.tracking import ui_command
+
+    print(
+        f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
+        f"{spec.data.source}, target {spec.target.kind} >= {spec.target.value:g} "
+        f"({spec.target.runtime})",
+        flush=True,
+    )
+    try:
+        summary = compress(spec.to_dict(), resume_run_id=args.resume)
+    except (DataSourceError, ModelSourceError, StorageError) as err:
+        raise UserError(str(err)) from None
+    print()
+    print(table(summary))
+    if args.summary_json:
+        write_summary(summary, args.summary_json)
+        print(f"summary: {args.summary_json}")
+    print(f"MLflow UI: {ui_command(spec.tracking.uri)}")
+    return 0 if summary["target_met"] else EXIT_TARGET_NOT_MET
+
+
+def write_summary(summary: dict[str, Any], destination: str) -> None:
+    """Write the summary to a local path or an s3:// URI."""
+    import tempfile
+
+    from pipeline import storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "summary.json"
+        local.write_text(json.dumps(summary, indent=2))
+        storage.put(local, destination)

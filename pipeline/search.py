@@ -1,0 +1,113 @@
+"""The search loop as plain Python: ask the optimiser, evaluate a batch, tell it, record.
+
+The flow passes in how a batch is evaluated (Prefect tasks on its task runner); unit
+tests pass a plain function. Every result, failed or infeasible, is told to the
+optimiser and recorded; the best candidate so far is always kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.objective import loss
+from hpo.optimizer import Optimizer
+from hpo.space import Dimension, namespaced
+from learners import registry
+from learners.base import ModelInfo
+from pipeline.candidate import CandidateResult
+from pipeline.spec import JobSpec
+
+EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
+
+
+def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
+    dims: list[Dimension] = []
+    for name in spec.learners:
+        learner = registry.get(name, **spec.learner_options.get(name, {}))
+        dims += namespaced(name, learner.space(info))
+    if spec.distillation.enabled and spec.distillation.search:
+        from hpo.space import Real
+
+        dims += namespaced("distill", [Real("temperature", 1.0, 8.0), Real("alpha", 0.0, 1.0)])
+    return dims
+
+
+@dataclass
+class SearchState:
+    target_kind: str
+    target_value: float
+    results: list[CandidateResult] = field(default_factory=list)
+    rounds_since_gain: int = 0
+
+    def feasible(self, r: CandidateResult) -> bool:
+        achieved = r.achieved(self.target_kind)
+        return r.status == "ok" and achieved is not None and achieved >= self.target_value
+
+    def loss(self, r: CandidateResult) -> float:
+        return loss(r.accuracy, r.achieved(self.target_kind), self.target_value)
+
+    def best(self) -> CandidateResult | None:
+        """The most accurate feasible candidate; if none, the one closest to the target."""
+        ok = [r for r in self.results if r.status == "ok"]
+        if not ok:
+            return None
+        return min(ok, key=self.loss)
+
+    def best_feasible(self) -> CandidateResult | None:
+        best = self.best()
+        return best if best is not None and self.feasible(best) else None
+
+    def add(self, batch: list[CandidateResult]) -> None:
+        before = self.best_feasible()
+        self.results.extend(batch)
+        after = self.best_feasible()
+        improved = after is not None and (
+            before is None or (after.accuracy or 0) > (before.accuracy or 0)
+        )
+        self.rounds_since_gain = 0 if improved else self.rounds_since_gain + len(batch)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": len(self.results),
+            "feasible": sum(self.feasible(r) for r in self.results),
+            "failed": sum(r.status == "failed" for r in self.results),
+        }
+
+
+def should_stop(spec: JobSpec, state: SearchState, started: float) -> str | None:
+    b = spec.budget
+    if b.rounds is not None and len(state.results) >= b.rounds:
+        return f"round budget spent ({b.rounds})"
+    if b.minutes is not None and (time.monotonic() - started) / 60 >= b.minutes:
+        return f"time budget spent ({b.minutes:g} min)"
+    if state.best_feasible() is not None and state.rounds_since_gain >= b.patience:
+        return f"target met and no gain for {state.rounds_since_gain} rounds"
+    return None
+
+
+def run_search(
+    spec: JobSpec,
+    optimizer: Optimizer,
+    evaluate_batch: EvaluateBatch,
+    on_result: Callable[[CandidateResult, bool], None],
+    state: SearchState | None = None,
+) -> tuple[SearchState, str]:
+    state = state or SearchState(spec.target.kind, spec.target.value)
+    started = time.monotonic()
+    while (reason := should_stop(spec, state, started)) is None:
+        n = spec.budget.batch
+        if spec.budget.rounds is not None:
+            n = min(n, spec.budget.rounds - len(state.results))
+        proposals = optimizer.ask(n)
+        first = len(state.results) + 1
+        raw = evaluate_batch(proposals, first)
+        batch = [CandidateResult.from_dict(r) for r in raw]
+        optimizer.tell([r.params for r in batch], [state.loss(r) for r in batch])
+        state.add(batch)
+        for r in batch:
+            on_result(r, state.feasible(r))
+    return state, reason

@@ -1,0 +1,258 @@
+"""The job specification: validated once, at the edge, from YAML or CLI flags.
+
+Every field is checked here so a bad job fails before anything is trained or recorded,
+with a message naming the field and what is allowed. ``JobSpec.to_dict()`` round-trips
+and is what the flow logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+DATA_SCHEMES = ("digits", "cifar10:<dir>", "imagefolder:<dir>", "package.module:callable")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    speedup: float | None = None
+    compression: float | None = None
+    runtime: str = "torch-cpu"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Target:
+        given = [k for k in ("speedup", "compression") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of target.speedup or target.compression "
+                f"(got {', '.join(given) or 'neither'})"
+            )
+        value = getattr(self, given[0])
+        if not value > 1.0:
+            raise ValueError(f"target.{given[0]} must be > 1 (a factor), got {value}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"target.runtime {self.runtime!r} is unknown; allowed: {RUNTIMES}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "speedup" if self.speedup is not None else "compression"
+
+    @property
+    def value(self) -> float:
+        return float(self.speedup if self.speedup is not None else self.compression)  # type: ignore[arg-type]
+
+
+class Budget(_Strict):
+    rounds: int | None = Field(default=8, ge=1, description="candidates to evaluate at most")
+    minutes: float | None = Field(default=None, gt=0)
+    patience: int = Field(default=4, ge=1, description="rounds without gain once target is met")
+    batch: int = Field(default=1, ge=1, description="candidates proposed and run together")
+    initial_points: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.rounds is None and self.minutes is None:
+            raise ValueError("budget needs rounds or minutes (or both)")
+        return self
+
+
+class Finetune(_Strict):
+    pretrain_epochs: int = Field(default=15, ge=0)
+    epochs: int = Field(default=4, ge=0)
+    lr: float = Field(default=0.05, gt=0)
+    pretrain_lr: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class Distillation(_Strict):
+    enabled: bool = False
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.7, ge=0, le=1)
+    search: bool = False  # let the optimizer tune temperature and alpha
+    teacher: str | None = None  # a model source; the baseline when empty
+
+
+class Measure(_Strict):
+    batch_size: int = Field(default=32, ge=1)
+    threads: int = Field(default=1, ge=1)
+    warmup: int = Field(default=3, ge=0)
+    repeats: int = Field(default=15, ge=3)
+
+
+class Data(_Strict):
+    source: str = "digits"
+    image_size: int | None = Field(default=None, ge=4)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    limit: int | None = Field(default=None, ge=10, description="use at most this many samples")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v == "digits" or _FACTORY.match(v):
+            return v
+        scheme, _, path = v.partition(":")
+        if scheme in ("cifar10", "imagefolder") and path:
+            return v
+        raise ValueError(f"data source {v!r} is not one of {DATA_SCHEMES}")
+
+
+class Model(_Strict):
+    source: str = "resnet20"
+    options: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from pipeline.zoo import names
+
+        if v in names() or _FACTORY.match(v) or v.startswith("s3://") or Path(v).is_file():
+            return v
+        raise ValueError(
+            f"model {v!r} is not a zoo model ({', '.join(names())}), "
+            "a 'package.module:factory', an existing model file or an s3:// URI"
+        )
+
+
+class Tracking(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "compressflow"
+    register_model: bool = True
+
+
+class JobSpec(_Strict):
+    name: str | None = None
+    model: Model = Field(default_factory=Model)
+    data: Data = Field(default_factory=Data)
+    target: Target
+    learners: list[str] = Field(default_factory=lambda: ["channel"], min_length=1)
+    learner_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
+    finetune: Finetune = Field(default_factory=Finetune)
+    distillation: Distillation = Field(default_factory=Distillation)
+    measure: Measure = Field(default_factory=Measure)
+    tracking: Tracking = Field(default_factory=Tracking)
+    output: str = "compressflow-out"
+    device: str = "cpu"
+    seed: int = 0
+
+    @field_validator("model", "data", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("learners", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("learners")
+    @classmethod
+    def _known_learners(cls, v: list[str]) -> list[str]:
+        from learners import registry
+
+        known = registry.known()
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown learner {name!r}; known learners: {', '.join(known)}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in DEVICES:
+            raise ValueError(f"device {v!r} is unknown; allowed: {DEVICES}")
+        return v
+
+    @model_validator(mode="after")
+    def _chain_is_valid(self) -> JobSpec:
+        for name in self.learner_options:
+            if name not in self.learners:
+                raise ValueError(
+                    f"learner_options names {name!r}, which is not in learners {self.learners}"
+                )
+        _check_chain(self.learners, self.target.runtime)
+        return self
+
+    @property
+    def job_name(self) -> str:
+        if self.name:
+            return self.name
+        t = self.target
+        return f"{Path(self.model.source).stem.replace(':', '-')}-{t.kind}{t.value:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _check_chain(names: list[str], runtime: str) -> None:
+    """Chain rules that the learners themselves declare (learners.chain, if present)."""
+    try:
+        from learners.chain import validate_chain
+    except ImportError:
+        return
+    try:
+        validate_chain(list(names), runtime=runtime)
+    except TypeError:
+        validate_chain(list(names))
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "job"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Job spec')"
+        elif not isinstance(e.get("input"), dict) and e["type"] != "value_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"{where}: {msg}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def parse(data: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_explain(err)) from None
+
+
+def load(path: str | Path) -> JobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"job file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"job file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"job file {path} must hold a mapping at the top level")
+    return parse(data)
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` (e.g. from CLI flags) into ``base`` (e.g. from YAML)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,43 @@
+"""Built-in model zoo: a name -> factory registry.
+
+Every factory takes ``num_classes`` and ``in_channels`` keyword arguments and returns an
+untrained ``nn.Module``. Third parties add models through ``register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from pipeline.zoo.resnet import resnet20, resnet32, resnet44, resnet56
+
+ModelFactory = Callable[..., nn.Module]
+
+_ZOO: dict[str, ModelFactory] = {
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
+}
+
+
+def register(name: str, factory: ModelFactory) -> None:
+    """Add a model factory under ``name`` (replacing none: names are unique)."""
+    if name in _ZOO:
+        raise ValueError(f"zoo model {name!r} is already registered")
+    _ZOO[name] = factory
+
+
+def names() -> list[str]:
+    return sorted(_ZOO)
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    try:
+        factory = _ZOO[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown zoo model {name!r}; known models: {', '.join(names())}"
+        ) from None
+    return factory(**kwargs)
