@@ -34,8 +34,11 @@ def test_digits_limit_and_image_size():
 def _write_cifar_batches(root, n_train=40, n_test=20):
     rng = np.random.default_rng(0)
     root.mkdir()
-    for name, n in (("data_batch_1", n_train // 2), ("data_batch_2", n_train // 2),
-                    ("test_batch", n_test)):
+    for name, n in (
+        ("data_batch_1", n_train // 2),
+        ("data_batch_2", n_train // 2),
+        ("test_batch", n_test),
+    ):
         batch = {
             b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
             b"labels": [int(i % 10) for i in range(n)],
@@ -52,7 +55,7 @@ def test_cifar10_python_batches(tmp_path):
     assert len(s.test) == 20  # the official test batch is the test split
     assert len(s.train) + len(s.val) == 40
     x, _ = s.test[0]
-    assert x.dtype == torch.float32 and -3 < float(x.min()) and float(x.max()) < 3
+    assert x.dtype == torch.float32 and float(x.min()) > -3 and float(x.max()) < 3
 
 
 def test_cifar10_errors_name_the_problem(tmp_path):

@@ -29,7 +29,11 @@ def test_defaults_round_trip_through_dict():
         ({"target": {"speedup": 2, "compression": 4}}, "target", "exactly one"),
         ({"target": {}}, "target", "exactly one"),
         ({"target": {"speedup": 2, "runtime": "tpu"}}, "target", "onnxruntime-cpu"),
-        ({"target": {"speedup": 2}, "budget": {"rounds": -1}}, "budget.rounds", "greater than or equal to 1 (got -1)"),
+        (
+            {"target": {"speedup": 2}, "budget": {"rounds": -1}},
+            "budget.rounds",
+            "greater than or equal to 1 (got -1)",
+        ),
         ({"target": {"speedup": 2}, "budget": {"minutes": -5}}, "budget.minutes", "greater than 0"),
         ({"target": {"speedup": 2}, "learners": "channel,nope"}, "learners", "known learners"),
         ({"target": {"speedup": 2}, "model": "resnet999"}, "model.source", "resnet20"),
@@ -66,8 +70,19 @@ def test_flags_override_the_job_file(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("target: {speedup: 3}\nbudget: {rounds: 5, minutes: 2}\n")
     args = build_parser().parse_args(
-        ["run", "--job", str(job), "--target-compression", "4", "--rounds", "9",
-         "--model-option", "width=8", "--learners", "channel"]
+        [
+            "run",
+            "--job",
+            str(job),
+            "--target-compression",
+            "4",
+            "--rounds",
+            "9",
+            "--model-option",
+            "width=8",
+            "--learners",
+            "channel",
+        ]
     )
     s = spec_from_args(args)
     assert s.target.kind == "compression" and s.target.value == 4.0

@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+from pipeline.zoo.mobilenet import mobilenet_v1, mobilenet_v2
 from pipeline.zoo.resnet import resnet20, resnet32, resnet44, resnet56
+from pipeline.zoo.shufflenet import shufflenet_v1, shufflenet_v2
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -19,6 +21,10 @@ _ZOO: dict[str, ModelFactory] = {
     "resnet32": resnet32,
     "resnet44": resnet44,
     "resnet56": resnet56,
+    "mobilenet_v1": mobilenet_v1,
+    "mobilenet_v2": mobilenet_v2,
+    "shufflenet_v1": shufflenet_v1,
+    "shufflenet_v2": shufflenet_v2,
 }
 
 

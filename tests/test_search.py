@@ -1,0 +1,79 @@
+from hpo import Optimizer, Real
+from pipeline.candidate import CandidateResult
+from pipeline.search import SearchState, run_search, should_stop
+from pipeline.spec import parse
+
+
+def spec(**budget):
+    return parse({"target": {"speedup": 2.0}, "budget": {"patience": 50, **budget}})
+
+
+def fake_evaluate(failing_rounds=()):
+    """Accuracy falls and speedup rises with x: a trade-off, like pruning."""
+
+    def evaluate(proposals, first):
+        out = []
+        for i, p in enumerate(proposals):
+            r = CandidateResult(round=first + i, params=p, learners=["fake"])
+            if r.round in failing_rounds:
+                r.status, r.error = "failed", "RuntimeError: boom"
+            else:
+                r.accuracy, r.speedup, r.compression = 1 - 0.3 * p["x"], 1 + 2 * p["x"], 1.0
+            out.append(r.to_dict())
+        return out
+
+    return evaluate
+
+
+def test_loop_spends_the_round_budget_and_keeps_the_best_feasible():
+    seen = []
+    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=3)
+    state, reason = run_search(spec(rounds=8), opt, fake_evaluate(), lambda r, f: seen.append(f))
+    assert len(state.results) == len(seen) == 8 and "round budget" in reason
+    best = state.best_feasible()
+    assert best is not None and best.speedup >= 2.0
+    assert best.accuracy == max(r.accuracy for r in state.results if r.speedup >= 2.0)
+    assert len(opt.history) == 8  # every round told, infeasible ones too
+
+
+def test_failed_rounds_are_recorded_and_the_search_goes_on():
+    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=2)
+    state, _ = run_search(spec(rounds=5), opt, fake_evaluate({2, 3}), lambda r, f: None)
+    assert state.counts == {"total": 5, "feasible": state.counts["feasible"], "failed": 2}
+    assert [r.status for r in state.results][1:3] == ["failed", "failed"]
+    assert state.best() is not None and state.best().status == "ok"
+
+
+def test_batches_respect_the_round_budget():
+    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=2)
+    state, _ = run_search(spec(rounds=5, batch=2), opt, fake_evaluate(), lambda r, f: None)
+    assert [r.round for r in state.results] == [1, 2, 3, 4, 5]
+
+
+def test_no_feasible_candidate_still_reports_the_closest():
+    state = SearchState("speedup", 10.0)
+    a = CandidateResult(1, {}, [], accuracy=0.9, speedup=2.0)
+    b = CandidateResult(2, {}, [], accuracy=0.8, speedup=5.0)
+    state.add([a, b])
+    assert state.best_feasible() is None and state.best() is b
+
+
+def test_patience_stops_only_once_the_target_is_met():
+    s = spec(rounds=100, patience=2)
+    state = SearchState("speedup", 2.0)
+    state.add([CandidateResult(i, {}, [], accuracy=0.9, speedup=1.5) for i in range(5)])
+    assert should_stop(s, state, started=float("inf")) is None
+    state.add([CandidateResult(6, {}, [], accuracy=0.9, speedup=2.5)])
+    state.add([CandidateResult(7, {}, [], accuracy=0.8, speedup=2.5)])
+    assert should_stop(s, state, started=float("inf")) is None
+    state.add([CandidateResult(8, {}, [], accuracy=0.85, speedup=3.0)])
+    assert "no gain" in should_stop(s, state, started=float("inf"))
+
+
+def test_time_budget():
+    import time
+
+    s = parse({"target": {"speedup": 2.0}, "budget": {"rounds": None, "minutes": 1}})
+    state = SearchState("speedup", 2.0)
+    assert should_stop(s, state, started=time.monotonic()) is None
+    assert "time budget" in should_stop(s, state, started=time.monotonic() - 61)
