@@ -45,6 +45,7 @@ class Optimizer:
         self.dimensions = list(dimensions)
         self.names = names
         self.history: list[tuple[dict[str, Any], float]] = []
+        self._suggested: list[dict[str, Any]] = []
         self._sk = SkOptimizer(
             [_to_skopt(d) for d in self.dimensions],
             base_estimator="GP",
@@ -53,12 +54,24 @@ class Optimizer:
             random_state=seed,
         )
 
+    def suggest(self, params: dict[str, Any]) -> None:
+        """Queue a known-good starting point (e.g. the fixed rule's answer): the next
+        ``ask`` returns it first, so the search starts from there instead of at random."""
+        missing = set(self.names) - set(params)
+        if missing:
+            raise ValueError(f"suggested point lacks {sorted(missing)}")
+        self._suggested.append({name: params[name] for name in self.names})
+
     def ask(self, n: int = 1) -> list[dict[str, Any]]:
         """Propose ``n`` settings (a batch uses skopt's constant-liar strategy)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        points = [self._sk.ask()] if n == 1 else self._sk.ask(n_points=n, strategy="cl_max")
-        return [self._as_params(p) for p in points]
+        queued, self._suggested = self._suggested[:n], self._suggested[n:]
+        rest = n - len(queued)
+        if rest == 0:
+            return queued
+        points = [self._sk.ask()] if rest == 1 else self._sk.ask(n_points=rest, strategy="cl_max")
+        return queued + [self._as_params(p) for p in points]
 
     def tell(self, params: Sequence[dict[str, Any]], losses: Sequence[float]) -> None:
         if len(params) != len(losses):

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from hpo.space import Categorical, Dimension, Real
+from learners import channel_ops
 from learners.base import Context, ModelInfo
 
 IMPORTANCES = {
@@ -99,6 +100,13 @@ class ChannelPruning:
             dims.append(Categorical("importance", tuple(c.importances)))
         return dims
 
+    def uniform_params(self, info: ModelInfo, ratio: float) -> dict[str, Any]:
+        """The fixed rule other tools use: one ratio for every unit (a search start)."""
+        params: dict[str, Any] = {d.name: ratio for d in self.space(info) if isinstance(d, Real)}
+        if len(self.config.importances) > 1:
+            params["importance"] = self.config.importances[0]
+        return params
+
     def prune(self, model: nn.Module, params: dict[str, Any], example_inputs: torch.Tensor):
         """A pruned deep copy of ``model`` and its replayable pruning history."""
         c = self.config
@@ -106,7 +114,8 @@ class ChannelPruning:
         units = prunable_units(model, example_inputs, c.granularity)
         ratios = {m: float(params.get(f"ratio.{name}", 0.0)) for name, m in units}
         importance = params.get("importance", c.importances[0])
-        pruner = tp.pruner.MetaPruner(
+        # MetaPruner plus channel shuffles, grouped-conv balance and a final check
+        pruner = channel_ops.StructuredPruner(
             model,
             example_inputs,
             importance=IMPORTANCES[importance](),
@@ -142,6 +151,6 @@ class ChannelPruning:
 def replay(model: nn.Module, history: list, example_inputs: torch.Tensor) -> nn.Module:
     """Apply a recorded pruning history to a deep copy of ``model`` (same architecture)."""
     model = copy.deepcopy(model).eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    graph = channel_ops.dependency_graph(model, example_inputs)
     graph.load_pruning_history([(n, out, idx) for n, out, idx in history])
     return model

@@ -3,7 +3,11 @@ and hpo/, which unit tests call directly."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from prefect.cache_policies import NONE
 from hpo.optimizer import Optimizer
 from learners.base import ModelInfo
 from pipeline import baseline as baseline_mod
-from pipeline import candidate, report
+from pipeline import candidate, report, runners, storage
 from pipeline.export import load_model
 from pipeline.resume import results_from_history
 from pipeline.search import SearchState, run_search, search_space
@@ -35,6 +39,9 @@ def evaluate_candidate(
     round_index: int,
     workdir: str,
 ) -> dict[str, Any]:
+    # Picked where the task runs: one GPU per Dask worker (per round in a thread pool).
+    device = runners.candidate_device(spec_data["device"], round_index)
+    spec_data = {**spec_data, "device": device}
     return candidate.evaluate(spec_data, baseline_uri, baseline_bytes, params, round_index, workdir)
 
 
@@ -52,6 +59,51 @@ def output_dir(spec: JobSpec) -> Path:
     return Path(spec.output) / spec.job_name
 
 
+@contextmanager
+def staged_output(spec: JobSpec) -> Iterator[Path]:
+    """The folder the job writes into: ``<output>/<job>``, or for an s3:// output a local
+    staging folder that lives as long as the job (candidates and the report work on local
+    files; ``publish`` uploads the deliverables at the end)."""
+    if not storage.is_s3(spec.output):
+        out = output_dir(spec)
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="compressflow-") as tmp:
+        out = Path(tmp) / spec.job_name
+        out.mkdir()
+        yield out
+
+
+def publish(
+    spec: JobSpec, summary: dict[str, Any], out_dir: Path, tracker: Tracker, parent: str
+) -> dict[str, Any]:
+    """Upload the deliverables (best model files, ONNX files, plot, job and summary) to the
+    s3:// output; the summary then names them by their URIs (also the copy in MLflow)."""
+    dest = storage.join(spec.output, spec.job_name)
+    files = sorted((out_dir / "best").rglob("*")) + [
+        Path(summary["artifacts"]["baseline_onnx"]),
+        out_dir / "candidates.png",
+        out_dir / "job.json",
+    ]
+    uploaded = {
+        str(f): storage.put(f, storage.join(dest, f.relative_to(out_dir).as_posix()))
+        for f in files
+        if f.is_file()
+    }
+    summary["artifacts"] = {k: uploaded.get(v, v) for k, v in summary["artifacts"].items()}
+    if summary["best"]:
+        summary["best"]["deployable"] = uploaded.get(
+            summary["best"]["deployable"], summary["best"]["deployable"]
+        )
+    local = out_dir / "summary.json"
+    local.write_text(json.dumps(summary, indent=2))
+    storage.put(local, storage.join(dest, "summary.json"))
+    tracker.log_file(parent, local)
+    _log(f"outputs uploaded to {dest}")
+    return summary
+
+
 def describe(r: candidate.CandidateResult, feasible: bool, kind: str) -> str:
     if r.status != "ok":
         first_line = (r.error or "").splitlines()[0] if r.error else ""
@@ -67,9 +119,15 @@ def describe(r: candidate.CandidateResult, feasible: bool, kind: str) -> str:
 def compress(spec_data: dict[str, Any], resume_run_id: str | None = None) -> dict[str, Any]:
     """Search for the most accurate compressed model meeting the job's target."""
     spec = parse(spec_data)
+    with staged_output(spec) as out_dir, runners.started(spec.runner, spec.budget.batch) as pool:
+        return run_job(spec, out_dir, pool, resume_run_id)
+
+
+def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) -> dict[str, Any]:
+    """The job inside the flow: baseline, search with candidates on ``pool`` (a started
+    Prefect task runner), report."""
     spec_data = spec.to_dict()
-    out_dir = output_dir(spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "job.json").write_text(json.dumps(spec_data, indent=2))
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
     base = baseline_mod.Baseline(**prepare_baseline(spec_data, str(out_dir)))
     _log(
@@ -105,11 +163,21 @@ def compress(spec_data: dict[str, Any], resume_run_id: str | None = None) -> dic
             _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
         else:
             optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
+            _seed_with_fixed_rule(spec, optimizer, info, base, out_dir)
 
         def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+            workdir = str(out_dir / "rounds")
             futures = [
-                evaluate_candidate.submit(
-                    spec_data, base.model_path, base.bytes, p, first + i, str(out_dir / "rounds")
+                pool.submit(
+                    evaluate_candidate,
+                    {
+                        "spec_data": spec_data,
+                        "baseline_uri": base.model_path,
+                        "baseline_bytes": base.bytes,
+                        "params": p,
+                        "round_index": first + i,
+                        "workdir": workdir,
+                    },
                 )
                 for i, p in enumerate(proposals)
             ]
@@ -123,7 +191,22 @@ def compress(spec_data: dict[str, Any], resume_run_id: str | None = None) -> dic
         state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
         _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
         summary = report.finalize(spec, base, state, reason, tracker, parent, out_dir, log=_log)
+        if storage.is_s3(spec.output):
+            summary = publish(spec, summary, out_dir, tracker, parent)
         failed = False
         return summary
     finally:
         tracker.finish(parent, failed=failed)
+
+
+def _seed_with_fixed_rule(spec: JobSpec, optimizer: Optimizer, info, base, out_dir: Path) -> None:
+    """Start a plain channel-pruning search from the best single uniform ratio."""
+    if spec.learners != ["channel"]:
+        return
+    from learners import registry
+    from pipeline.calibrate import uniform_start
+
+    learner = registry.get("channel", **spec.learner_options.get("channel", {}))
+    start = uniform_start(spec, learner, info, base.bytes, out_dir / "calibration", log=_log)
+    if start is not None:
+        optimizer.suggest({f"channel.{k}": v for k, v in start.items()})

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda")
 DEVICES = ("auto", "cpu", "cuda")
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+RUNNERS = ("threads", "dask")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DATA_SCHEMES = ("digits", "cifar10:<dir>", "imagefolder:<dir>", "package.module:callable")
 
@@ -74,7 +76,7 @@ class Budget(_Strict):
 class Finetune(_Strict):
     pretrain_epochs: int = Field(default=15, ge=0)
     epochs: int = Field(default=4, ge=0)
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.02, gt=0)
     pretrain_lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
     batch_size: int = Field(default=64, ge=1)
@@ -123,11 +125,14 @@ class Model(_Strict):
     def _known_model(cls, v: str) -> str:
         from pipeline.zoo import names
 
-        if v in names() or _FACTORY.match(v) or v.startswith("s3://") or Path(v).is_file():
+        if v in names() or _FACTORY.match(v) or v.startswith(("s3://", "models:/")):
+            return v
+        if Path(v).is_file():
             return v
         raise ValueError(
             f"model {v!r} is not a zoo model ({', '.join(names())}), "
-            "a 'package.module:factory', an existing model file or an s3:// URI"
+            "a 'package.module:factory', an existing model file, an s3:// URI "
+            "or a registered MLflow model (models:/<name>/<version|latest>)"
         )
 
 
@@ -135,6 +140,27 @@ class Tracking(_Strict):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "compressflow"
     register_model: bool = True
+
+
+class Runner(_Strict):
+    """Where a batch of candidates runs: a thread pool, or Dask worker processes."""
+
+    kind: str = "threads"
+    workers: int | None = Field(default=None, ge=1, description="default: budget.batch")
+    address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Runner:
+        if self.kind not in RUNNERS:
+            raise ValueError(f"runner.kind {self.kind!r} is unknown; allowed: {RUNNERS}")
+        if self.address and self.kind != "dask":
+            raise ValueError("runner.address names a Dask scheduler: it needs runner.kind dask")
+        if self.address and self.workers:
+            raise ValueError(
+                "give runner.workers (a local Dask cluster) or runner.address "
+                "(an existing scheduler's workers), not both"
+            )
+        return self
 
 
 class JobSpec(_Strict):
@@ -151,6 +177,7 @@ class JobSpec(_Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     output: str = "compressflow-out"
     device: str = "cpu"
+    runner: Runner = Field(default_factory=Runner)
     seed: int = 0
 
     @field_validator("model", "data", mode="before")
@@ -177,8 +204,8 @@ class JobSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in DEVICES:
-            raise ValueError(f"device {v!r} is unknown; allowed: {DEVICES}")
+        if v not in DEVICES and not _CUDA_INDEX.match(v):
+            raise ValueError(f"device {v!r} is unknown; allowed: {DEVICES} or 'cuda:<index>'")
         return v
 
     @model_validator(mode="after")

@@ -98,3 +98,9 @@ def test_config_validates_and_round_trips():
 def test_unknown_learner_lists_the_known_ones():
     with pytest.raises(ValueError, match="known learners: .*channel"):
         get("nope")
+
+
+def test_uniform_params_apply_one_ratio_everywhere():
+    info = ModelInfo(build("resnet20"), torch.randn(1, 3, 32, 32))
+    params = ChannelPruning().uniform_params(info, 0.3)
+    assert params == {**dict.fromkeys(HALF, 0.3), "importance": "l1"}

@@ -93,3 +93,12 @@ def test_namespacing_round_trip():
     assert dims[0].name == "channel.ratio.layer1"
     params = {"channel.ratio.layer1": 0.3, "uniform.bits": 8}
     assert split_namespace(params, "channel") == {"ratio.layer1": 0.3}
+
+
+def test_suggested_points_come_first_and_are_learned_from():
+    opt = Optimizer(DIMS, seed=0, n_initial_points=3)
+    opt.suggest({"x": 3.14, "y": 2.27})
+    first, second = opt.ask(2)
+    assert first == {"x": 3.14, "y": 2.27} and second != first
+    with pytest.raises(ValueError, match="lacks"):
+        opt.suggest({"x": 1.0})
