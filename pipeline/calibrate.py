@@ -31,14 +31,18 @@ def achieved(
     if spec.target.kind == "compression":
         path = export.save_deployable(candidate, example, workdir / "calibration")
         return baseline_bytes / measure.file_bytes(path)
-    settings = measure.LatencySettings(
-        runtime=spec.target.runtime,
-        batch_size=spec.measure.batch_size,
-        threads=spec.measure.threads,
-        warmup=2,
-        repeats=max(5, spec.measure.repeats // 2),
-    )
-    return measure.compare_latency(baseline, candidate, example, settings, workdir).speedup
+    speedups = []
+    for runtime in spec.target.runtimes:  # the worst runtime decides, as in the search
+        settings = measure.LatencySettings(
+            runtime=runtime,
+            batch_size=spec.measure.batch_size,
+            threads=spec.measure.threads,
+            warmup=2,
+            repeats=max(5, spec.measure.repeats // 2),
+        )
+        timing = measure.compare_latency(baseline, candidate, example, settings, workdir)
+        speedups.append(timing.speedup)
+    return min(speedups)
 
 
 def uniform_start(

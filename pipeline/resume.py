@@ -43,6 +43,9 @@ def results_from_history(
             model_path=tags.get("model_path"),
             deployable_path=tags.get("deployable_path"),
         )
+        result.speedups = {
+            k.removeprefix("speedup."): v for k, v in metrics.items() if k.startswith("speedup.")
+        }
         for m in CANDIDATE_METRICS:
             if m in metrics:
                 value = metrics[m]

@@ -52,9 +52,12 @@ class SearchState:
     def best(self) -> CandidateResult | None:
         """The most accurate feasible candidate; if none, the one closest to the target."""
         ok = [r for r in self.results if r.status == "ok"]
+        feasible = [r for r in ok if self.feasible(r)]
+        if feasible:
+            return max(feasible, key=lambda r: r.accuracy or 0.0)
         if not ok:
             return None
-        return min(ok, key=self.loss)
+        return max(ok, key=lambda r: (r.achieved(self.target_kind) or 0.0, r.accuracy or 0.0))
 
     def best_feasible(self) -> CandidateResult | None:
         best = self.best()

@@ -34,6 +34,9 @@ class Target(_Strict):
     speedup: float | None = None
     compression: float | None = None
     runtime: str = "torch-cpu"
+    # Further runtimes on which a candidate must also reach the speedup to count as
+    # meeting the target (e.g. train on torch, ship on onnxruntime).
+    also_on: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:
@@ -46,9 +49,17 @@ class Target(_Strict):
         value = getattr(self, given[0])
         if not value > 1.0:
             raise ValueError(f"target.{given[0]} must be > 1 (a factor), got {value}")
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"target.runtime {self.runtime!r} is unknown; allowed: {RUNTIMES}")
+        for runtime in (self.runtime, *self.also_on):
+            if runtime not in RUNTIMES:
+                raise ValueError(f"target runtime {runtime!r} is unknown; allowed: {RUNTIMES}")
+        if self.also_on and self.speedup is None:
+            raise ValueError("target.also_on applies to speedup targets only")
         return self
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The declared runtime first, then the others, without repeats."""
+        return list(dict.fromkeys([self.runtime, *self.also_on]))
 
     @property
     def kind(self) -> str:

@@ -110,6 +110,7 @@ class Tracker:
         params.append(Param("round", str(result.round)))
         self.client.log_batch(run_id, params=params)
         self.log_metrics(run_id, {m: getattr(result, m) for m in CANDIDATE_METRICS})
+        self.log_metrics(run_id, {f"speedup.{k}": v for k, v in result.speedups.items()})
         curve = [
             Metric(f"finetune.{name}", float(v), _now_ms(), step)
             for name, values in result.curves.items()

@@ -78,13 +78,14 @@ def test_bad_inputs_are_rejected():
         Optimizer(DIMS).tell([{"x": 0.0, "y": 0.0}], [])
 
 
-def test_objective_orders_feasible_infeasible_failed():
-    feasible_bad = loss(0.5, 2.1, 2.0)
-    feasible_good = loss(0.9, 2.5, 2.0)
-    near_miss = loss(0.99, 1.9, 2.0)
-    far_miss = loss(0.99, 1.1, 2.0)
-    failed = loss(None, None, 2.0)
-    assert feasible_good < feasible_bad < near_miss < far_miss < failed == FAILED_LOSS
+def test_objective_grades_shortfall_continuously_and_failures_worst():
+    assert loss(0.9, 2.5, 2.0) < loss(0.5, 2.1, 2.0)  # among feasible: accuracy decides
+    assert loss(0.99, 1.9, 2.0) < loss(0.99, 1.1, 2.0)  # among infeasible: shortfall
+    # continuous at the boundary (a GP models that), and steep below it
+    assert abs(loss(0.9, 1.9999, 2.0) - loss(0.9, 2.0, 2.0)) < 1e-3
+    assert loss(0.99, 1.9, 2.0) > loss(0.8, 2.0, 2.0)
+    worst_feasible_or_not = max(loss(0.0, 2.0, 2.0), loss(1.0, 0.0, 2.0))
+    assert loss(None, None, 2.0) == FAILED_LOSS > worst_feasible_or_not
     assert shortfall(2.0, 2.0) == 0.0 and shortfall(1.0, 2.0) == 0.5
 
 

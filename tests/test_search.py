@@ -77,3 +77,16 @@ def test_time_budget():
     state = SearchState("speedup", 2.0)
     assert should_stop(s, state, started=time.monotonic()) is None
     assert "time budget" in should_stop(s, state, started=time.monotonic() - 61)
+
+
+def test_speedup_target_must_hold_on_every_declared_runtime():
+    state = SearchState("speedup", 2.0)
+    both = CandidateResult(
+        1, {}, [], accuracy=0.9, speedup=2.5, speedups={"torch-cpu": 2.5, "onnxruntime-cpu": 2.1}
+    )
+    one = CandidateResult(
+        2, {}, [], accuracy=0.95, speedup=2.6, speedups={"torch-cpu": 2.6, "onnxruntime-cpu": 1.4}
+    )
+    state.add([both, one])
+    assert state.feasible(both) and not state.feasible(one)
+    assert state.best() is both and one.achieved("speedup") == 1.4

@@ -39,6 +39,8 @@ def test_defaults_round_trip_through_dict():
         ({"target": {"speedup": 2}, "model": "resnet999"}, "model.source", "resnet20"),
         ({"target": {"speedup": 2}, "data": "mnist"}, "data.source", "cifar10:<dir>"),
         ({"target": {"speedup": 2}, "device": "tpu"}, "device", "auto"),
+        ({"target": {"speedup": 2, "also_on": ["tflite"]}}, "target", "'tflite' is unknown"),
+        ({"target": {"compression": 4, "also_on": ["cuda"]}}, "target", "speedup targets only"),
         ({"target": {"speedup": 2}, "tragets": 1}, "tragets", "unknown key"),
         ({"target": {"speedup": 2}, "finetune": {"epoch": 3}}, "finetune.epoch", "unknown key"),
     ],
