@@ -2,6 +2,11 @@
 
 Every factory takes ``num_classes`` and ``in_channels`` keyword arguments and returns an
 untrained ``nn.Module``. Third parties add models through ``register``.
+
+The lightweight networks (``mobilenet_v1/v2``, ``shufflenet_v1/v2``) also take
+``stem="cifar"`` (32x32 inputs, the default) or ``stem="imagenet"`` (224x224) and their
+width options. The ResNets are the CIFAR designs of He et al. (section 4.2), defined for
+32x32 inputs only: an ImageNet stem would make them a different network, not a variant.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ at 4x4. Stages are top-level children so per-stage pruning ratios have names.
 Channel shuffle is a stored permutation applied with one gather (``index_select``): the
 same single read and write of the tensor as reshape-transpose-reshape, one ONNX Gather,
 and a form that stays exact when a pruner removes channels (learners/channel_ops.py).
-The V2 split is written as two slices sized by the branch's input width, so a pruned
-unit keeps working whatever number of channels each side keeps.
+The V2 split is sized by the branch's input width, so a pruned unit keeps working
+whatever number of channels each side keeps.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ class ShuffleV2Unit(nn.Module):
             # The branch takes the last ``k`` channels; the rest pass through. ``k`` is read
             # from the branch itself so a pruned unit splits where its branch expects.
             k = self.branch2[0].in_channels
-            keep = x.shape[1] - k
-            out = torch.cat((x[:, :keep], self.branch2(x[:, keep:])), 1)
+            passed, branched = torch.split(x, [x.shape[1] - k, k], dim=1)
+            out = torch.cat((passed, self.branch2(branched)), 1)
         return self.shuffle(out)
 
 
