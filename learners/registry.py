@@ -14,6 +14,9 @@ ENTRY_POINT_GROUP = "compressflow.learners"
 _BUILTIN: dict[str, str] = {
     # name -> "module:Class", imported only when asked for (keeps `import learners` light)
     "channel": "learners.channel:ChannelPruning",
+    "sparsity": "learners.sparsity:Sparsity",
+    "uniform": "learners.uniform:UniformQuantization",
+    "nonuniform": "learners.nonuniform:NonUniformQuantization",
 }
 _EXTRA: dict[str, Callable[..., Learner]] = {}
 

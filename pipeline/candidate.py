@@ -76,11 +76,10 @@ def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings |
     d = spec.distillation
     if not d.enabled:
         return None
-    searched = split_namespace(params, "distill")
-    return DistillSettings(
-        temperature=float(searched.get("temperature", d.temperature)),
-        alpha=float(searched.get("alpha", d.alpha)),
-    )
+    from learners import distill
+
+    fixed = DistillSettings(temperature=d.temperature, alpha=d.alpha)
+    return distill.settings_from_params(split_namespace(params, distill.NAMESPACE), default=fixed)
 
 
 def latency_settings(spec: JobSpec, runtime: str | None = None) -> measure.LatencySettings:

@@ -104,14 +104,15 @@ def publish(
     return summary
 
 
-def describe(r: candidate.CandidateResult, feasible: bool, kind: str) -> str:
+def describe(r: candidate.CandidateResult, feasible: bool) -> str:
     if r.status != "ok":
         first_line = (r.error or "").splitlines()[0] if r.error else ""
         return f"[round {r.round}] FAILED: {first_line}"
+    speeds = "  ".join(f"{k} {v:.2f}x" for k, v in r.speedups.items())
     mark = "meets target" if feasible else "short of target"
     return (
-        f"[round {r.round}] val acc {r.accuracy:.4f}  speedup {r.speedup:.2f}x  "
-        f"compression {r.compression:.2f}x  ({mark} on {kind})  {r.seconds:.0f} s"
+        f"[round {r.round}] val acc {r.accuracy:.4f}  speedup {speeds}  "
+        f"compression {r.compression:.2f}x  ({mark})  {r.seconds:.0f} s"
     )
 
 
@@ -185,7 +186,7 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
 
         def on_result(r: candidate.CandidateResult, feasible: bool) -> None:
             tracker.log_candidate(parent, r, feasible)
-            _log(describe(r, feasible, spec.target.runtime))
+            _log(describe(r, feasible))
 
         started = time.perf_counter()
         state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)

@@ -35,6 +35,13 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int)
     g.add_argument("--data-limit", type=int, help="use at most this many samples")
     g.add_argument("--learners", help="learner or comma-separated chain, e.g. channel,uniform")
+    g.add_argument(
+        "--learner-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="a learner's config field, e.g. uniform.mode=qat (repeatable)",
+    )
     t = g.add_mutually_exclusive_group()
     t.add_argument("--target-speedup", type=float, help="measured speedup factor, e.g. 2")
     t.add_argument("--target-compression", type=float, help="deployable-file ratio, e.g. 4")
@@ -63,8 +70,11 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="do not register the best model in the MLflow registry",
     )
-    g.add_argument("--output", help="folder for models, ONNX files and the summary")
-    g.add_argument("--device", help="auto | cpu | cuda (where fine-tuning runs)")
+    g.add_argument("--output", help="folder or s3://bucket/prefix for models and the summary")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (where fine-tuning runs)")
+    g.add_argument("--runner", help="threads | dask (where a batch of candidates runs)")
+    g.add_argument("--workers", type=int, help="threads or local Dask worker processes")
+    g.add_argument("--dask-address", help="an existing Dask scheduler (implies --runner dask)")
     g.add_argument("--seed", type=int)
 
 
@@ -92,6 +102,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if not sep:
             raise UserError(f"--model-option {item!r} must look like KEY=VALUE")
         put(f"model.options.{key}", _option_value(value))
+    for item in args.learner_option:
+        key, sep, value = item.partition("=")
+        learner, dot, field = key.partition(".")
+        if not (sep and dot and learner and field):
+            raise UserError(f"--learner-option {item!r} must look like NAME.KEY=VALUE")
+        o.setdefault("learner_options", {}).setdefault(learner, {})[field] = _option_value(value)
     put("name", args.name)
     put("model.source", args.model)
     put("model.weights", args.weights)
@@ -121,6 +137,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("tracking.register_model", False if args.no_register else None)
     put("output", args.output)
     put("device", args.device)
+    put("runner.kind", args.runner or ("dask" if args.dask_address else None))
+    put("runner.workers", args.workers)
+    put("runner.address", args.dask_address)
     put("seed", args.seed)
     return o
 
@@ -160,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.flows import compress
     from pipeline.models import ModelSourceError
     from pipeline.report import table
+    from pipeline.runners import RunnerError
     from pipeline.storage import StorageError
     from pipeline.tracking import ui_command
 
@@ -171,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = compress(spec.to_dict(), resume_run_id=args.resume)
-    except (DataSourceError, ModelSourceError, StorageError) as err:
+    except (DataSourceError, ModelSourceError, StorageError, RunnerError) as err:
         raise UserError(str(err)) from None
     print()
     print(table(summary))

@@ -29,9 +29,9 @@ def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
         learner = registry.get(name, **spec.learner_options.get(name, {}))
         dims += namespaced(name, learner.space(info))
     if spec.distillation.enabled and spec.distillation.search:
-        from hpo.space import Real
+        from learners import distill
 
-        dims += namespaced("distill", [Real("temperature", 1.0, 8.0), Real("alpha", 0.0, 1.0)])
+        dims += namespaced(distill.NAMESPACE, distill.space())
     return dims
 
 

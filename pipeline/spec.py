@@ -226,7 +226,7 @@ class JobSpec(_Strict):
                 raise ValueError(
                     f"learner_options names {name!r}, which is not in learners {self.learners}"
                 )
-        _check_chain(self.learners, self.target.runtime)
+        _check_chain(self.learners, self.target.runtimes, self.learner_options)
         return self
 
     @property
@@ -240,16 +240,13 @@ class JobSpec(_Strict):
         return self.model_dump(mode="json")
 
 
-def _check_chain(names: list[str], runtime: str) -> None:
-    """Chain rules that the learners themselves declare (learners.chain, if present)."""
-    try:
-        from learners.chain import validate_chain
-    except ImportError:
-        return
-    try:
-        validate_chain(list(names), runtime=runtime)
-    except TypeError:
-        validate_chain(list(names))
+def _check_chain(names: list[str], runtimes: list[str], options: dict[str, dict[str, Any]]) -> None:
+    """Chain rules that the learners themselves declare (learners.chain), checked with
+    the options the job will build them with, on every runtime the target names."""
+    from learners.chain import validate_chain
+
+    for runtime in runtimes:
+        validate_chain(list(names), runtime=runtime, options=options)
 
 
 def _explain(err: ValidationError) -> str:

@@ -1,0 +1,248 @@
+"""Learner ``uniform``: uniform quantisation, in one of two modes.
+
+- ``mode="int8"`` (default): post-training static int8 through onnxruntime
+  (``learners.ort_int8``). The candidate is an ``OnnxModule``: its deployable file is the
+  int8 ONNX graph, its forward runs onnxruntime, so accuracy and speed-up are those of
+  real int8 kernels. Meaningful on runtime ``onnxruntime-cpu`` only (``runtimes``).
+- ``mode="qat"``: quantisation-aware training (``learners.qat``) with 2..8-bit weights
+  chosen per layer under an average-bit budget and 8-bit activations; the deployable file
+  packs the weight codes in exactly b bits each. Saves bytes, not time, on CPU.
+
+Either way the output is quantised, so nothing that needs float weights may follow it in
+a chain (``learners.chain``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpo.space import Categorical, Dimension, Integer
+from learners.base import Context, ModelInfo
+from learners.finetune import recalibrate_batchnorm_
+from learners.ort_int8 import CALIBRATIONS, FORMATS, quantize_int8
+from learners.packing import (
+    OnnxModule,
+    PackedModel,
+    average_bits,
+    fit_bits_to_budget,
+    layer_weight,
+    unwrap,
+    weight_layers,
+)
+from learners.qat import calibrate_, convert_, prepare_
+
+MODES = ("int8", "qat")
+
+
+@dataclass(frozen=True)
+class UniformConfig:
+    """mode:            "int8" (onnxruntime PTQ) or "qat" (fake-quant training).
+    int8 mode:       quant_format ("qoperator" measured fastest here, or "qdq"); the
+                     calibration methods the search may choose from; calibration_batches
+                     of training data; keep_first_last lets the search keep the first and
+                     last layer in float; threads for the evaluation session.
+    qat mode:        bits fixed, or searched globally / per layer in [min_bits, max_bits]
+                     and lowered to an ``avg_bits`` budget; huffman codes the weight codes;
+                     recalibrate_bn re-estimates BatchNorm statistics for the final
+                     quantised weights.
+    """
+
+    mode: str = "int8"
+    quant_format: str = "qoperator"
+    calibrations: tuple[str, ...] = ("minmax", "percentile")
+    calibration_batches: int = 8
+    search_keep_first_last: bool = True
+    threads: int = 1
+    bits: int | None = None
+    min_bits: int = 2
+    max_bits: int = 8
+    granularity: str = "layer"
+    avg_bits: float | None = None
+    huffman: bool = False
+    exclude: tuple[str, ...] = ()
+    recalibrate_bn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.quant_format not in FORMATS:
+            raise ValueError(f"quant_format must be one of {FORMATS}, got {self.quant_format!r}")
+        object.__setattr__(self, "calibrations", tuple(self.calibrations))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        bad = set(self.calibrations) - set(CALIBRATIONS)
+        if bad or not self.calibrations:
+            raise ValueError(f"unknown calibration {sorted(bad)}; choose from {CALIBRATIONS}")
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not 2 <= self.min_bits <= self.max_bits <= 8:
+            raise ValueError(
+                f"need 2 <= min_bits <= max_bits <= 8, got {self.min_bits}, {self.max_bits}"
+            )
+        if self.bits is not None and not self.min_bits <= self.bits <= self.max_bits:
+            raise ValueError(f"bits must be in [{self.min_bits}, {self.max_bits}], got {self.bits}")
+        if self.granularity not in ("global", "layer"):
+            raise ValueError(f"granularity must be 'global' or 'layer', got {self.granularity!r}")
+        if self.avg_bits is not None and not self.min_bits <= self.avg_bits <= self.max_bits:
+            raise ValueError(
+                f"avg_bits must be in [min_bits, max_bits] = [{self.min_bits}, "
+                f"{self.max_bits}], got {self.avg_bits}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def qat_bits(
+    config: UniformConfig, params: dict[str, Any], sizes: dict[str, int]
+) -> dict[str, int]:
+    """Weight bits per layer from the config or the search, within the budget."""
+    if config.bits is not None:
+        bits = {n: config.bits for n in sizes}
+    elif config.granularity == "layer":
+        bits = {n: int(params.get(f"bits.{n}", config.max_bits)) for n in sizes}
+    else:
+        bits = {n: int(params.get("bits", config.max_bits)) for n in sizes}
+    return fit_bits_to_budget(bits, sizes, config.avg_bits, config.min_bits)
+
+
+def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
+    return [x for x, *_ in itertools.islice(ctx.train_loader, n)]
+
+
+class UniformQuantization:
+    """Learner ``uniform``: int8 via onnxruntime, or b-bit quantisation-aware training."""
+
+    name = "uniform"
+    runtimes: tuple[str, ...] | None = OnnxModule.runtimes  # for the default int8 mode
+
+    def __init__(self, config: UniformConfig | None = None, **options: Any) -> None:
+        self.config = config or UniformConfig(**options)
+        # int8 candidates run onnxruntime (timing them under torch would measure nonsense);
+        # qat output is a float model that runs anywhere.
+        self.runtimes = OnnxModule.runtimes if self.config.mode == "int8" else None
+
+    def space(self, info: ModelInfo) -> list[Dimension]:
+        c = self.config
+        if c.mode == "int8":
+            dims: list[Dimension] = [Categorical("calibration", c.calibrations)]
+            if c.search_keep_first_last:
+                dims.append(Categorical("keep_first_last", (False, True)))
+            return dims
+        if c.bits is not None:
+            return []
+        if c.granularity == "global":
+            return [Integer("bits", c.min_bits, c.max_bits)]
+        inner, _ = unwrap(info.model)
+        return [
+            Integer(f"bits.{n}", c.min_bits, c.max_bits) for n, _ in weight_layers(inner, c.exclude)
+        ]
+
+    def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
+        if self.config.mode == "int8":
+            return self._int8(model, params, ctx)
+        return self._qat(model, params, ctx)
+
+    def _int8(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
+        c = self.config
+        inner, _ = unwrap(model)
+        method = str(params.get("calibration", c.calibrations[0]))
+        keep = bool(params.get("keep_first_last", False))
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            data, record = quantize_int8(
+                copy.deepcopy(inner).eval(),
+                ctx.example_inputs,
+                calibration_batches(ctx, c.calibration_batches),
+                c.quant_format,
+                method,
+                keep_first_last=keep,
+            )
+        ctx.records[self.name] = {
+            "config": c.to_dict(),
+            "params": dict(params),
+            "mode": "int8",
+            **record,
+        }
+        return OnnxModule(data, threads=c.threads).eval()
+
+    def _qat(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
+        c = self.config
+        inner, codecs = unwrap(model)
+        q = copy.deepcopy(inner).eval()
+        sizes = {n: layer_weight(m).numel() for n, m in weight_layers(q, c.exclude)}
+        bits = qat_bits(c, params, sizes)
+        layers = dict(weight_layers(q))
+        masks = {
+            n: layer_weight(layers[n]).detach() != 0
+            for n in bits
+            if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
+        }
+        prepare_(q, bits, masks)
+        calibrate_(q, calibration_batches(ctx, c.calibration_batches))
+        try:
+            curve = ctx.finetune(q)
+        finally:
+            new = convert_(q, bits, huffman=c.huffman)
+        recalibrated = (
+            recalibrate_batchnorm_(q, ctx.train_loader, device=ctx.device)
+            if c.recalibrate_bn
+            else 0
+        )
+        for key, values in curve.items():
+            ctx.curves.setdefault(f"{self.name}.{key}", []).extend(values)
+        ctx.records[self.name] = {
+            "config": c.to_dict(),
+            "params": dict(params),
+            "mode": "qat",
+            "bits": bits,
+            "avg_bits": average_bits(bits, sizes),
+            "act_bits": 8,
+            "bn_recalibration_batches": recalibrated,
+        }
+        return PackedModel(q.eval(), {**codecs, **new})
+
+
+def replay(
+    model: nn.Module,
+    record: dict[str, Any],
+    calibration: list[torch.Tensor],
+    example_inputs: torch.Tensor | None = None,
+) -> nn.Module:
+    """Re-apply recorded settings to a copy of ``model`` without training: int8 mode
+    re-quantises with the same format, calibration method and float layers; qat mode
+    quantises each layer to its recorded bits and calibrates activations on
+    ``calibration``."""
+    config = UniformConfig(**record["config"])
+    inner, codecs = unwrap(model)
+    if record["mode"] == "int8":
+        example = example_inputs if example_inputs is not None else calibration[0][:1]
+        with contextlib.redirect_stdout(io.StringIO()):
+            data, _ = quantize_int8(
+                copy.deepcopy(inner).eval(),
+                example,
+                calibration,
+                record["format"],
+                record["calibration"],
+                keep_float=record["kept_float"],
+            )
+        return OnnxModule(data, threads=config.threads).eval()
+    q = copy.deepcopy(inner).eval()
+    bits = {n: int(b) for n, b in record["bits"].items()}
+    layers = dict(weight_layers(q))
+    masks = {
+        n: layer_weight(layers[n]).detach() != 0
+        for n in bits
+        if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
+    }
+    prepare_(q, bits, masks)
+    calibrate_(q, calibration)
+    return PackedModel(q.eval(), {**codecs, **convert_(q, bits, huffman=config.huffman)})

@@ -1,0 +1,127 @@
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from learners import packing
+from learners.packing import (
+    OnnxModule,
+    PackedModel,
+    TensorCodec,
+    fit_bits_to_budget,
+    loads_packed,
+    pack_uint,
+    unpack_uint,
+)
+from tests.helpers_learners import TinyNet, example_inputs
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 13])
+def test_fixed_width_packing_round_trips_in_exactly_n_bits(bits):
+    values = np.random.default_rng(bits).integers(0, 1 << bits, 1001)
+    data = pack_uint(values, bits)
+    assert len(data) == packing.packed_bytes(values.size, bits)
+    assert np.array_equal(unpack_uint(data, bits, values.size), values)
+    with pytest.raises(ValueError, match="lie in"):
+        pack_uint(np.array([1 << bits]), bits)
+
+
+@pytest.mark.parametrize("width", range(1, 9))
+def test_gap_symbols_recover_positions_including_long_runs(width):
+    positions = np.array([0, 1, 5, 300, 301, 2000, 9999])
+    symbols = packing._gap_symbols(positions, width)
+    assert symbols.max() < (1 << width)
+    assert np.array_equal(packing._positions_from_gaps(symbols, width), positions)
+
+
+@pytest.mark.parametrize("use_huffman", [False, True])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.3, 0.9, 1.0])
+def test_positions_pick_the_cheaper_encoding_and_decode_exactly(density, use_huffman):
+    mask = np.random.default_rng(0).random(5000) < density
+    stream = packing._encode_positions(mask, use_huffman)
+    assert stream.nbytes <= packing.packed_bytes(mask.size, 1)  # never worse than a bitmap
+    decoded = packing._decode_positions(stream.meta, stream.blobs, mask.size)
+    assert np.array_equal(decoded, np.flatnonzero(mask))
+
+
+def _sparse_tiny(density: float) -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    with torch.no_grad():
+        for _, m in packing.weight_layers(model):
+            m.weight.mul_(torch.rand_like(m.weight) < density)
+    return model
+
+
+def test_packed_model_reloads_bit_identical_without_a_template():
+    model = _sparse_tiny(0.3)
+    codecs = {f"{n}.weight": TensorCodec(sparse=True) for n, _ in packing.weight_layers(model)}
+    packed = PackedModel(model, codecs)
+    data, stats = packed.packed()
+    assert stats.total == len(data) == stats.header + stats.architecture + stats.coded + stats.raw
+    back = loads_packed(data)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(back(x), packed(x))
+    assert back.codecs == codecs
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[key], value), key
+
+
+def test_packed_file_without_architecture_needs_a_template():
+    model = _sparse_tiny(0.5)
+    data, stats = packing.pack(model, {"conv2.weight": TensorCodec(sparse=True)}, False)
+    assert stats.architecture == 0
+    with pytest.raises(ValueError, match="template"):
+        loads_packed(data)
+    back = loads_packed(data, template=TinyNet())
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(back(x), model(x))
+
+
+def test_codecs_must_name_real_tensors_and_weights_must_fit_their_codec():
+    model = TinyNet().eval()
+    with pytest.raises(ValueError, match="does not have"):
+        PackedModel(model, {"nope.weight": TensorCodec()})
+    codebook = {"conv2.weight": TensorCodec(values="codebook", bits=2)}
+    with pytest.raises(ValueError, match="distinct values"):
+        packing.pack(model, codebook)
+    with pytest.raises(ValueError, match="magic"):
+        loads_packed(b"not a packed file at all")
+
+
+def test_the_wrapper_keeps_the_inner_mode_and_deep_copies():
+    model = TinyNet().eval()
+    packed = PackedModel(model, {})
+    assert not packed.training
+    clone = copy.deepcopy(packed)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(clone(x), packed(x))
+
+
+def test_bit_budget_lowers_the_widest_layers_until_it_is_met():
+    sizes = {"a": 100, "b": 1000, "c": 10}
+    bits = fit_bits_to_budget({"a": 8, "b": 8, "c": 8}, sizes, 4.0, 2)
+    assert packing.average_bits(bits, sizes) <= 4.0
+    assert all(2 <= b <= 8 for b in bits.values())
+    assert fit_bits_to_budget({"a": 3, "b": 3, "c": 3}, sizes, 4.0, 2) == {"a": 3, "b": 3, "c": 3}
+    with pytest.raises(ValueError, match="below min_bits"):
+        fit_bits_to_budget({"a": 3}, {"a": 1}, 1.5, 2)
+
+
+def test_onnx_module_runs_pickles_and_exports_its_own_bytes(tmp_path):
+    from pipeline.export import export_onnx
+
+    model = TinyNet().eval()
+    path = export_onnx(model, example_inputs(), tmp_path / "fp32.onnx")
+    wrapped = OnnxModule(path.read_bytes())
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(wrapped(x), model(x), atol=1e-5, rtol=1e-4)
+    buf = io.BytesIO()
+    torch.save(wrapped, buf)
+    again = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    assert torch.equal(again(x), wrapped(x))
+    assert torch.equal(copy.deepcopy(wrapped)(x), wrapped(x))
+    out = export_onnx(wrapped, example_inputs(), tmp_path / "again.onnx")
+    assert out.read_bytes() == path.read_bytes()

@@ -1,0 +1,175 @@
+import copy
+
+import pytest
+import torch
+
+from learners.base import ModelInfo
+from learners.finetune import accuracy
+from learners.packing import OnnxModule, PackedModel, loads_packed, weight_layers
+from learners.qat import ActQuant, fake_quantize_weight, prepare_
+from learners.sparsity import Sparsity
+from learners.uniform import UniformConfig, UniformQuantization, replay
+from tests.helpers_learners import example_inputs, make_context, snr_db, trained_tiny
+
+# Stated tolerance for post-training int8 on the tiny digits model (validation split).
+INT8_MAX_DROP = 0.02
+# 8-bit weights and activations must keep the float model's logits this close.
+QAT8_MIN_SNR_DB = 25.0
+
+
+@pytest.fixture(scope="module")
+def int8():
+    model = trained_tiny()
+    ctx = make_context()
+    out = UniformQuantization().compress(model, {"calibration": "minmax"}, ctx)
+    return model, ctx, out
+
+
+def test_int8_onnx_is_within_the_stated_accuracy_drop(int8):
+    model, ctx, out = int8
+    assert isinstance(out, OnnxModule)
+    assert accuracy(out, ctx.val_loader) >= accuracy(model, ctx.val_loader) - INT8_MAX_DROP
+
+
+def test_int8_graph_really_is_int8(int8, tmp_path):
+    import onnx
+
+    _, ctx, out = int8
+    graph = onnx.load_from_string(out.onnx_bytes).graph
+    ops = {n.op_type for n in graph.node}
+    assert ops & {"QLinearConv", "ConvInteger", "QuantizeLinear"}
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8_weights
+    record = ctx.records["uniform"]
+    assert record["mode"] == "int8" and record["format"] == "qoperator"
+    assert record["kept_float"] == []
+
+
+def test_int8_keeps_first_and_last_float_when_asked_and_replays():
+    model = trained_tiny()
+    ctx = make_context()
+    out = UniformQuantization(quant_format="qdq").compress(
+        model, {"calibration": "percentile", "keep_first_last": True}, ctx
+    )
+    record = ctx.records["uniform"]
+    assert record["kept_float"] == sorted([record["weight_nodes"][0], record["weight_nodes"][-1]])
+    calib = [x for x, _ in list(ctx.train_loader)[:2]]
+    again = replay(model, record, calib, example_inputs())
+    assert isinstance(again, OnnxModule)
+    x = torch.randn(4, 1, 8, 8)
+    assert again(x).shape == out(x).shape
+
+
+def test_int8_declares_its_runtime_and_space():
+    info = ModelInfo(trained_tiny(), example_inputs())
+    learner = UniformQuantization()
+    assert learner.runtimes == ("onnxruntime-cpu",)
+    assert [d.name for d in learner.space(info)] == ["calibration", "keep_first_last"]
+    assert UniformQuantization(mode="qat").runtimes is None
+
+
+def test_straight_through_estimator_passes_gradients():
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    q = fake_quantize_weight(w, 4)
+    assert q.detach().unique().numel() <= 4 * 15
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_qat_at_8_bits_stays_close_to_the_float_model():
+    model = trained_tiny()
+    ctx = make_context(epochs=0)
+    out = UniformQuantization(mode="qat", bits=8).compress(model, {}, ctx)
+    x = next(iter(ctx.val_loader))[0]
+    assert snr_db(model(x), out(x)) >= QAT8_MIN_SNR_DB
+
+
+def test_qat_packs_weights_in_their_bits_and_reloads_bit_exact():
+    model = trained_tiny()
+    before = copy.deepcopy(model.state_dict())
+    ctx = make_context(epochs=1)
+    params = {"bits.conv1": 8, "bits.conv2": 4, "bits.conv3": 2, "bits.fc": 3}
+    out = UniformQuantization(mode="qat").compress(model, params, ctx)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert isinstance(out, PackedModel)
+    bits = ctx.records["uniform"]["bits"]
+    assert bits == {k.removeprefix("bits."): v for k, v in params.items()}
+    stats = out.packed()[1]
+    for name, m in weight_layers(out.model):
+        levels = (1 << (bits[name] - 1)) - 1
+        codes = m.weight / m.weight_scale.reshape(-1, *[1] * (m.weight.dim() - 1))
+        assert codes.round().abs().max() <= levels
+        expected = -(-m.weight.numel() * bits[name] // 8)
+        assert stats.per_tensor[f"{name}.weight"] == expected, name
+    back = loads_packed(out.packed()[0])
+    x = torch.randn(8, 1, 8, 8)
+    assert torch.equal(back(x), out(x))
+    assert any(isinstance(m, ActQuant) and m.frozen for m in back.modules())
+
+
+def test_qat_bits_obey_the_average_budget():
+    model = trained_tiny()
+    ctx = make_context(epochs=0)
+    UniformQuantization(mode="qat", avg_bits=4.0).compress(
+        model, {f"bits.{n}": 8 for n, _ in weight_layers(model)}, ctx
+    )
+    assert ctx.records["uniform"]["avg_bits"] <= 4.0
+
+
+def test_qat_training_recovers_accuracy_lost_at_2_bits():
+    model = trained_tiny()
+    untrained = UniformQuantization(mode="qat", bits=2).compress(model, {}, make_context(epochs=0))
+    ctx = make_context(epochs=2)
+    trained = UniformQuantization(mode="qat", bits=2).compress(model, {}, ctx)
+    assert accuracy(trained, ctx.val_loader) > accuracy(untrained, ctx.val_loader) + 0.05
+
+
+def test_qat_after_sparsity_holds_the_zeros():
+    ctx = make_context(epochs=1)
+    sparse = Sparsity(sparsity=0.7).compress(trained_tiny(), {}, ctx)
+    out = UniformQuantization(mode="qat", bits=4).compress(sparse, {}, ctx)
+    for name, m in weight_layers(out.model):
+        assert torch.equal(m.weight == 0, sparse.model.get_submodule(name).weight == 0)
+        assert out.codecs[f"{name}.weight"].sparse
+    assert out.packed()[1].coded < sparse.packed()[1].coded
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(loads_packed(out.packed()[0])(x), out(x))
+
+
+def test_qat_replay_quantises_to_the_recorded_bits():
+    model = trained_tiny()
+    ctx = make_context(epochs=0)
+    UniformQuantization(mode="qat", bits=3).compress(model, {}, ctx)
+    calib = [x for x, _ in list(ctx.train_loader)[:2]]
+    again = replay(model, ctx.records["uniform"], calib)
+    assert all(c.bits == 3 for c in again.codecs.values())
+
+
+def test_prepare_refuses_bits_outside_2_to_8():
+    with pytest.raises(ValueError, match="bits must be in"):
+        prepare_(trained_tiny(), {"conv1": 1})
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"mode": "int4"}, "mode"),
+        ({"quant_format": "qlinear"}, "quant_format"),
+        ({"calibrations": ("kl",)}, "calibration"),
+        ({"min_bits": 1}, "min_bits"),
+        ({"avg_bits": 9.0}, "avg_bits"),
+        ({"calibration_batches": 0}, "calibration_batches"),
+    ],
+)
+def test_config_errors_say_what_is_allowed(options, message):
+    with pytest.raises(ValueError, match=message):
+        UniformConfig(**options)
+
+
+def test_calibration_batches_are_made_even_for_onnxruntime():
+    from learners.ort_int8 import even_batches
+
+    ragged = [torch.randn(64, 1, 8, 8), torch.randn(64, 1, 8, 8), torch.randn(52, 1, 8, 8)]
+    chunks = even_batches(ragged, 32)
+    assert {len(c) for c in chunks} == {32} and len(chunks) == 5
+    assert len(even_batches([torch.randn(20, 1, 8, 8)], 32)[0]) == 20
