@@ -19,6 +19,7 @@ import torch
 from hpo.space import split_namespace
 from learners import registry
 from learners.base import Context
+from learners.chain import apply_chain
 from learners.finetune import DistillSettings, TrainSettings, accuracy, train_
 from pipeline import export, measure, storage
 from pipeline.data import load_splits
@@ -101,17 +102,9 @@ def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch
     return export.load_model(storage.fetch(spec.distillation.teacher, cache))
 
 
-def apply_chain(
-    baseline: torch.nn.Module,
-    spec: JobSpec,
-    params: dict[str, Any],
-    ctx: Context,
-) -> torch.nn.Module:
-    model = baseline
-    for name in spec.learners:
-        learner = registry.get(name, **spec.learner_options.get(name, {}))
-        model = learner.compress(model, split_namespace(params, name), ctx)
-    return model
+def build_learners(spec: JobSpec) -> list:
+    """The job's chain, each learner built with its options from the spec."""
+    return [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
 
 
 def evaluate(
@@ -153,7 +146,7 @@ def evaluate(
             teacher=teacher,
             seed=spec.seed + round_index,
         )
-        model = apply_chain(baseline, spec, params, ctx).to("cpu").eval()
+        model = apply_chain(build_learners(spec), baseline, params, ctx).to("cpu").eval()
         baseline.to("cpu")
         example = ctx.example_inputs
         result.records, result.curves = ctx.records, ctx.curves

@@ -242,6 +242,7 @@ def table(summary: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows]
     r = summary["rounds"]
     verdict = "MET" if summary["target_met"] else "NOT MET"
-    head = f"target {t['kind']} >= {t['value']:g} on {t['runtime']}: {verdict}"
+    where = " and ".join([t["runtime"], *t.get("also_on", [])])
+    head = f"target {t['kind']} >= {t['value']:g} on {where}: {verdict}"
     tail = f"rounds: {r['total']} ({r['feasible']} feasible, {r['failed']} failed)"
     return "\n".join([head, *lines, tail])

@@ -15,19 +15,16 @@ from typing import Any
 from hpo.objective import loss
 from hpo.optimizer import Optimizer
 from hpo.space import Dimension, namespaced
-from learners import registry
 from learners.base import ModelInfo
-from pipeline.candidate import CandidateResult
+from learners.chain import chain_space
+from pipeline.candidate import CandidateResult, build_learners
 from pipeline.spec import JobSpec
 
 EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 
 
 def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
-    dims: list[Dimension] = []
-    for name in spec.learners:
-        learner = registry.get(name, **spec.learner_options.get(name, {}))
-        dims += namespaced(name, learner.space(info))
+    dims = chain_space(build_learners(spec), info)
     if spec.distillation.enabled and spec.distillation.search:
         from learners import distill
 
