@@ -7,7 +7,7 @@ activations whose ranges are calibrated on training batches. The result runs on
 onnxruntime's int8 kernels, so its speed-up is measured, not estimated.
 
 QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into int8 kernels) and
-QOperator (QLinearConv etc. written out) are both supported; ``benchmarks/learners.py``
+QOperator (QLinearConv etc. written out) are both supported; ``benchmarks/learner_suite.py``
 measures which is faster here.
 """
 
