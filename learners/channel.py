@@ -20,6 +20,7 @@ from torch import nn
 from hpo.space import Categorical, Dimension, Real
 from learners import channel_ops
 from learners.base import Context, ModelInfo
+from learners.finetune import finish_finetune_
 
 IMPORTANCES = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -142,9 +143,8 @@ class ChannelPruning:
             },
             "history": history,
         }
-        curve = ctx.finetune(pruned)
-        for key, values in curve.items():
-            ctx.curves.setdefault(f"{self.name}.{key}", []).extend(values)
+        # Training already re-estimates BatchNorm for the pruned widths: no recalibration.
+        finish_finetune_(pruned, ctx.finetune(pruned), ctx, self.name, recalibrate_bn=False)
         return pruned
 
 

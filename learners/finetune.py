@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from learners.base import Context
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -115,6 +117,25 @@ def recalibrate_batchnorm_(
         m.momentum = momentum
     model.train(was_training)
     return used
+
+
+def finish_finetune_(
+    model: nn.Module,
+    curve: dict[str, list[float]],
+    ctx: Context,
+    learner: str,
+    recalibrate_bn: bool,
+) -> int:
+    """What every weight-level learner does once fine-tuning has fixed its weights:
+    re-estimate BatchNorm statistics for them when ``recalibrate_bn`` (see
+    ``recalibrate_batchnorm_``) and file the fine-tune ``curve`` in ``ctx.curves`` as
+    ``<learner>.<metric>``. Returns the recalibration batches (0 when off) to record."""
+    recalibrated = (
+        recalibrate_batchnorm_(model, ctx.train_loader, device=ctx.device) if recalibrate_bn else 0
+    )
+    for key, values in curve.items():
+        ctx.curves.setdefault(f"{learner}.{key}", []).extend(values)
+    return recalibrated
 
 
 def distillation_loss(

@@ -22,14 +22,16 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from hpo.space import Categorical, Dimension, Integer
+from hpo.space import Categorical, Dimension
 from learners.base import Context, ModelInfo
-from learners.finetune import recalibrate_batchnorm_
+from learners.finetune import finish_finetune_
 from learners.packing import (
     PackedModel,
     TensorCodec,
+    bit_dimensions,
+    check_bit_settings,
     first_parametrization,
-    fit_bits_to_budget,
+    layer_bits,
     layer_weight,
     unwrap,
     weight_layers,
@@ -121,19 +123,7 @@ class NonUniformConfig:
     recalibrate_bn: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_bits <= self.max_bits <= 8:
-            raise ValueError(
-                f"need 1 <= min_bits <= max_bits <= 8, got {self.min_bits}, {self.max_bits}"
-            )
-        if self.bits is not None and not self.min_bits <= self.bits <= self.max_bits:
-            raise ValueError(f"bits must be in [{self.min_bits}, {self.max_bits}], got {self.bits}")
-        if self.granularity not in ("global", "layer"):
-            raise ValueError(f"granularity must be 'global' or 'layer', got {self.granularity!r}")
-        if self.avg_bits is not None and not self.min_bits <= self.avg_bits <= self.max_bits:
-            raise ValueError(
-                f"avg_bits must be in [min_bits, max_bits] = [{self.min_bits}, "
-                f"{self.max_bits}], got {self.avg_bits}"
-            )
+        check_bit_settings(self, lowest=1)
         object.__setattr__(self, "inits", tuple(self.inits))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         bad = set(self.inits) - set(INITS)
@@ -144,19 +134,6 @@ class NonUniformConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def layer_bits(
-    config: NonUniformConfig, params: dict[str, Any], sizes: dict[str, int]
-) -> dict[str, int]:
-    """Bits per layer from the config or the search, within the average-bit budget."""
-    if config.bits is not None:
-        bits = {n: config.bits for n in sizes}
-    elif config.granularity == "layer":
-        bits = {n: int(params.get(f"bits.{n}", config.max_bits)) for n in sizes}
-    else:
-        bits = {n: int(params.get("bits", config.max_bits)) for n in sizes}
-    return fit_bits_to_budget(bits, sizes, config.avg_bits, config.min_bits)
 
 
 @torch.no_grad()
@@ -219,16 +196,7 @@ class NonUniformQuantization:
 
     def space(self, info: ModelInfo) -> list[Dimension]:
         c = self.config
-        dims: list[Dimension] = []
-        if c.bits is None:
-            if c.granularity == "layer":
-                inner, _ = unwrap(info.model)
-                dims += [
-                    Integer(f"bits.{n}", c.min_bits, c.max_bits)
-                    for n, _ in weight_layers(inner, c.exclude)
-                ]
-            else:
-                dims.append(Integer("bits", c.min_bits, c.max_bits))
+        dims = bit_dimensions(c, info.model)
         if len(c.inits) > 1:
             dims.append(Categorical("init", c.inits))
         return dims
@@ -245,13 +213,7 @@ class NonUniformQuantization:
             curve = ctx.finetune(dense)
         finally:
             bake_(dense, list(bits))
-        recalibrated = (
-            recalibrate_batchnorm_(dense, ctx.train_loader, device=ctx.device)
-            if c.recalibrate_bn
-            else 0
-        )
-        for key, values in curve.items():
-            ctx.curves.setdefault(f"{self.name}.{key}", []).extend(values)
+        recalibrated = finish_finetune_(dense, curve, ctx, self.name, c.recalibrate_bn)
         ctx.records[self.name] = {
             "config": c.to_dict(),
             "params": dict(params),

@@ -34,12 +34,13 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from hpo.space import Dimension, Integer
 from learners import huffman
 
 MAGIC = b"CFPK"
@@ -558,6 +559,74 @@ def fit_bits_to_budget(
             break
         out[name] -= 1
     return out
+
+
+class BitWidthSettings(Protocol):
+    """The bit-width fields the b-bit learners (``uniform`` qat mode, ``nonuniform``)
+    share: ``bits`` fixed for every layer, else searched once ("global" granularity) or per
+    layer ("layer") in [min_bits, max_bits] and lowered to ``avg_bits`` when set; layers in
+    ``exclude`` are not coded. Read-only properties so frozen dataclasses match."""
+
+    @property
+    def bits(self) -> int | None: ...
+    @property
+    def min_bits(self) -> int: ...
+    @property
+    def max_bits(self) -> int: ...
+    @property
+    def granularity(self) -> str: ...
+    @property
+    def avg_bits(self) -> float | None: ...
+    @property
+    def exclude(self) -> tuple[str, ...]: ...
+
+
+def check_bit_settings(settings: BitWidthSettings, lowest: int) -> None:
+    """Reject bit-width settings outside ``lowest <= min_bits <= max_bits <= 8`` (the
+    lowest width differs by learner: k-means sharing allows 1 bit, uniform codes 2)."""
+    s = settings
+    if not lowest <= s.min_bits <= s.max_bits <= 8:
+        raise ValueError(
+            f"need {lowest} <= min_bits <= max_bits <= 8, got {s.min_bits}, {s.max_bits}"
+        )
+    if s.bits is not None and not s.min_bits <= s.bits <= s.max_bits:
+        raise ValueError(f"bits must be in [{s.min_bits}, {s.max_bits}], got {s.bits}")
+    if s.granularity not in ("global", "layer"):
+        raise ValueError(f"granularity must be 'global' or 'layer', got {s.granularity!r}")
+    if s.avg_bits is not None and not s.min_bits <= s.avg_bits <= s.max_bits:
+        raise ValueError(
+            f"avg_bits must be in [min_bits, max_bits] = [{s.min_bits}, "
+            f"{s.max_bits}], got {s.avg_bits}"
+        )
+
+
+def bit_dimensions(settings: BitWidthSettings, model: nn.Module) -> list[Dimension]:
+    """Search dimensions for the bit widths: none when ``bits`` is fixed, one ``bits`` for
+    "global" granularity, else one ``bits.<layer>`` per coded layer of ``model``."""
+    s = settings
+    if s.bits is not None:
+        return []
+    if s.granularity == "global":
+        return [Integer("bits", s.min_bits, s.max_bits)]
+    inner, _ = unwrap(model)
+    return [
+        Integer(f"bits.{n}", s.min_bits, s.max_bits) for n, _ in weight_layers(inner, s.exclude)
+    ]
+
+
+def layer_bits(
+    settings: BitWidthSettings, params: Mapping[str, Any], sizes: Mapping[str, int]
+) -> dict[str, int]:
+    """Bits per layer of ``sizes`` from the settings or the search's ``params`` (the names
+    ``bit_dimensions`` gives; max_bits where absent), within the average-bit budget."""
+    s = settings
+    if s.bits is not None:
+        bits = {n: s.bits for n in sizes}
+    elif s.granularity == "layer":
+        bits = {n: int(params.get(f"bits.{n}", s.max_bits)) for n in sizes}
+    else:
+        bits = {n: int(params.get("bits", s.max_bits)) for n in sizes}
+    return fit_bits_to_budget(bits, sizes, s.avg_bits, s.min_bits)
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from hpo.space import Dimension, Real
 from learners.base import Context, ModelInfo
-from learners.finetune import recalibrate_batchnorm_
+from learners.finetune import finish_finetune_
 from learners.packing import (
     PackedModel,
     TensorCodec,
@@ -286,13 +286,7 @@ class Sparsity:
         if not completed:  # the fine-tune budget ended inside the ramp: finish one-shot
             pruner.update(final)
         achieved = pruner.finish()
-        recalibrated = (
-            recalibrate_batchnorm_(dense, ctx.train_loader, device=ctx.device)
-            if c.recalibrate_bn
-            else 0
-        )
-        for key, values in curve.items():
-            ctx.curves.setdefault(f"{self.name}.{key}", []).extend(values)
+        recalibrated = finish_finetune_(dense, curve, ctx, self.name, c.recalibrate_bn)
         ctx.records[self.name] = {
             "config": c.to_dict(),
             "params": dict(params),

@@ -18,21 +18,25 @@ import contextlib
 import copy
 import io
 import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from hpo.space import Categorical, Dimension, Integer
+from hpo.space import Categorical, Dimension
 from learners.base import Context, ModelInfo
-from learners.finetune import recalibrate_batchnorm_
+from learners.finetune import finish_finetune_
 from learners.ort_int8 import CALIBRATIONS, FORMATS, quantize_int8
 from learners.packing import (
     OnnxModule,
     PackedModel,
+    TensorCodec,
     average_bits,
-    fit_bits_to_budget,
+    bit_dimensions,
+    check_bit_settings,
+    layer_bits,
     layer_weight,
     unwrap,
     weight_layers,
@@ -84,35 +88,23 @@ class UniformConfig:
             raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if not 2 <= self.min_bits <= self.max_bits <= 8:
-            raise ValueError(
-                f"need 2 <= min_bits <= max_bits <= 8, got {self.min_bits}, {self.max_bits}"
-            )
-        if self.bits is not None and not self.min_bits <= self.bits <= self.max_bits:
-            raise ValueError(f"bits must be in [{self.min_bits}, {self.max_bits}], got {self.bits}")
-        if self.granularity not in ("global", "layer"):
-            raise ValueError(f"granularity must be 'global' or 'layer', got {self.granularity!r}")
-        if self.avg_bits is not None and not self.min_bits <= self.avg_bits <= self.max_bits:
-            raise ValueError(
-                f"avg_bits must be in [min_bits, max_bits] = [{self.min_bits}, "
-                f"{self.max_bits}], got {self.avg_bits}"
-            )
+        check_bit_settings(self, lowest=2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def qat_bits(
-    config: UniformConfig, params: dict[str, Any], sizes: dict[str, int]
-) -> dict[str, int]:
-    """Weight bits per layer from the config or the search, within the budget."""
-    if config.bits is not None:
-        bits = {n: config.bits for n in sizes}
-    elif config.granularity == "layer":
-        bits = {n: int(params.get(f"bits.{n}", config.max_bits)) for n in sizes}
-    else:
-        bits = {n: int(params.get("bits", config.max_bits)) for n in sizes}
-    return fit_bits_to_budget(bits, sizes, config.avg_bits, config.min_bits)
+def sparse_masks(
+    model: nn.Module, names: Iterable[str], codecs: Mapping[str, TensorCodec]
+) -> dict[str, torch.Tensor]:
+    """Non-zero masks of the named layers that an earlier learner stores sparse, so that
+    quantisation keeps their pruned weights at exactly zero (``prepare_`` takes them)."""
+    layers = dict(weight_layers(model))
+    return {
+        n: layer_weight(layers[n]).detach() != 0
+        for n in names
+        if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
+    }
 
 
 def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
@@ -138,14 +130,7 @@ class UniformQuantization:
             if c.search_keep_first_last:
                 dims.append(Categorical("keep_first_last", (False, True)))
             return dims
-        if c.bits is not None:
-            return []
-        if c.granularity == "global":
-            return [Integer("bits", c.min_bits, c.max_bits)]
-        inner, _ = unwrap(info.model)
-        return [
-            Integer(f"bits.{n}", c.min_bits, c.max_bits) for n, _ in weight_layers(inner, c.exclude)
-        ]
+        return bit_dimensions(c, info.model)
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         if self.config.mode == "int8":
@@ -179,26 +164,14 @@ class UniformQuantization:
         inner, codecs = unwrap(model)
         q = copy.deepcopy(inner).eval()
         sizes = {n: layer_weight(m).numel() for n, m in weight_layers(q, c.exclude)}
-        bits = qat_bits(c, params, sizes)
-        layers = dict(weight_layers(q))
-        masks = {
-            n: layer_weight(layers[n]).detach() != 0
-            for n in bits
-            if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
-        }
-        prepare_(q, bits, masks)
+        bits = layer_bits(c, params, sizes)
+        prepare_(q, bits, sparse_masks(q, bits, codecs))
         calibrate_(q, calibration_batches(ctx, c.calibration_batches))
         try:
             curve = ctx.finetune(q)
         finally:
             new = convert_(q, bits, huffman=c.huffman)
-        recalibrated = (
-            recalibrate_batchnorm_(q, ctx.train_loader, device=ctx.device)
-            if c.recalibrate_bn
-            else 0
-        )
-        for key, values in curve.items():
-            ctx.curves.setdefault(f"{self.name}.{key}", []).extend(values)
+        recalibrated = finish_finetune_(q, curve, ctx, self.name, c.recalibrate_bn)
         ctx.records[self.name] = {
             "config": c.to_dict(),
             "params": dict(params),
@@ -237,12 +210,6 @@ def replay(
         return OnnxModule(data, threads=config.threads).eval()
     q = copy.deepcopy(inner).eval()
     bits = {n: int(b) for n, b in record["bits"].items()}
-    layers = dict(weight_layers(q))
-    masks = {
-        n: layer_weight(layers[n]).detach() != 0
-        for n in bits
-        if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
-    }
-    prepare_(q, bits, masks)
+    prepare_(q, bits, sparse_masks(q, bits, codecs))
     calibrate_(q, calibration)
     return PackedModel(q.eval(), {**codecs, **convert_(q, bits, huffman=config.huffman)})
