@@ -25,7 +25,7 @@ demo: $(STAMP)
 	@echo "Open the MLflow UI on the demo's record:"
 	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///demo/mlflow.db --port 5000"
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
