@@ -11,7 +11,13 @@ import importlib
 import sys
 
 # Subcommand modules, imported lazily so `compressflow --help` stays fast.
-COMMANDS = ("pipeline.run_cli",)
+COMMANDS = (
+    "pipeline.run_cli",
+    "pipeline.profile_cli",
+    "pipeline.submit_cli",
+    "pipeline.deploy_cli",
+    "pipeline.image_cli",
+)
 
 
 class UserError(Exception):

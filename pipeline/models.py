@@ -63,6 +63,10 @@ def build_model(
 ) -> tuple[nn.Module, bool]:
     """The model and whether it came with trained weights."""
     options = options or {}
+    if source.startswith("models:/"):
+        from pipeline.registry_source import load_registered
+
+        return load_registered(source), True
     if source in zoo.names():
         model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
     elif ":" in source and not storage.is_s3(source) and not Path(source).exists():

@@ -26,23 +26,65 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def client():
+    """An S3 client from the credentials and endpoint in effect now: a fresh session each
+    time, since boto3's default session keeps the first credentials it resolved."""
     import boto3
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None)
+
+
+_REASONS = {
+    "NoSuchBucket": "the bucket does not exist",
+    "NoSuchKey": "no object at that key",
+    "AccessDenied": "access denied (check the AWS credentials and the bucket policy)",
+    "403": "access denied (check the AWS credentials and the bucket policy)",
+    "InvalidAccessKeyId": "the AWS access key id is not known to the endpoint",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key id",
+}
+
+
+def _error_code(err: BaseException) -> str:
+    # upload_file wraps the ClientError in S3UploadFailedError, which has no response.
+    for e in (err, err.__context__, err.__cause__):
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") if e else None
+        if code:
+            return str(code)
+    return ""
 
 
 def _explain(err: Exception, uri: str, verb: str) -> StorageError:
-    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
-    reasons = {
-        "NoSuchBucket": "the bucket does not exist",
-        "NoSuchKey": "no object at that key",
-        "404": "no object at that key (or the bucket does not exist)",
-        "AccessDenied": "access denied (check the AWS credentials and the bucket policy)",
-        "403": "access denied (check the AWS credentials and the bucket policy)",
-    }
-    reason = reasons.get(code) or f"{type(err).__name__}: {err}"
+    """One line naming the URI and the reason; never the credentials."""
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    code = _error_code(err)
+    if isinstance(err, NoCredentialsError):
+        reason = (
+            "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or give the machine a role)"
+        )
+    elif isinstance(err, EndpointConnectionError):
+        reason = f"cannot reach the S3 endpoint {err.kwargs.get('endpoint_url', '')}".strip()
+    elif code in ("404", "NotFound"):
+        # A HEAD answers 404 for a missing bucket and for a missing key alike.
+        bucket, _ = split_s3(uri)
+        reason = (
+            "no object at that key"
+            if _bucket_exists(bucket)
+            else f"the bucket {bucket!r} does not exist"
+        )
+    else:
+        reason = _REASONS.get(code) or f"{type(err).__name__}: {err}"
     return StorageError(f"cannot {verb} {uri}: {reason}")
+
+
+def _bucket_exists(bucket: str) -> bool:
+    try:
+        client().head_bucket(Bucket=bucket)
+    except Exception as err:
+        # 403: it exists but is not ours to see; only a 404 means it is missing.
+        return _error_code(err) not in ("404", "NoSuchBucket", "NotFound")
+    return True
 
 
 def fetch(uri: str, cache_dir: str | Path | None = None) -> Path:
