@@ -46,4 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m`, this file runs as __main__ while subcommands import pipeline.cli:
+    # use that module's main, so its UserError is the one the subcommands raise.
+    from pipeline.cli import main as _main
+
+    sys.exit(_main())
