@@ -77,7 +77,7 @@ def missing_variables(
 def ensure_pools(client, pools: list[dict[str, Any]], folder: Path) -> list[str]:
     """Create each declared pool that the server lacks; returns the names created."""
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     created = []
     for pool in pools:
@@ -86,13 +86,17 @@ def ensure_pools(client, pools: list[dict[str, Any]], folder: Path) -> list[str]
             continue
         except ObjectNotFound:
             pass
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=pool["name"],
-                type=pool["type"],
-                base_job_template=base_job_template(pool, folder),
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool["name"],
+                    type=pool["type"],
+                    base_job_template=base_job_template(pool, folder),
+                )
             )
-        )
+        except ObjectAlreadyExists:
+            # A worker started meanwhile creates its pool itself: that one serves.
+            continue
         created.append(pool["name"])
     return created
 
