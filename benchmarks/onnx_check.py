@@ -34,7 +34,8 @@ def main() -> None:
     base, best = summary["artifacts"]["baseline_onnx"], summary["artifacts"]["best_onnx"]
     example = torch.zeros(1, *input_shape(base))
     target = summary["target"]
-    print(f"target: {target['kind']} >= {target['value']} on {target['runtime']}")
+    where = " and ".join([target["runtime"], *target.get("also_on", [])])
+    print(f"target: {target['kind']} >= {target['value']} on {where}")
     print(
         f"summary: speedup {summary['best']['speedup']:.2f}x (search, {target['runtime']}), "
         f"onnx_speedup {summary['best']['onnx_speedup']:.2f}x"

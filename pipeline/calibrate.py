@@ -52,7 +52,7 @@ def uniform_start(
     baseline_bytes: int,
     workdir: Path,
     resolution: float = 0.02,
-    margin: float = 1.05,
+    margin: float = 1.10,
     log=print,
 ) -> dict | None:
     """Params of the smallest uniform ratio that meets the target with ``margin`` to

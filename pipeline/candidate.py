@@ -20,7 +20,7 @@ from hpo.space import split_namespace
 from learners import registry
 from learners.base import Context
 from learners.chain import apply_chain
-from learners.finetune import DistillSettings, TrainSettings, accuracy, train_
+from learners.finetune import DistillSettings, TrainSettings, accuracy, make_finetune
 from pipeline import export, measure, storage
 from pipeline.data import load_splits
 from pipeline.spec import JobSpec, parse
@@ -68,7 +68,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def train_settings(spec: JobSpec, params: dict[str, Any] | None = None) -> TrainSettings:
+def train_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
     return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay)
 
@@ -130,13 +130,14 @@ def evaluate(
         train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
         baseline = export.load_model(storage.fetch(baseline_uri, Path(workdir) / "cache"))
         teacher = load_teacher(spec, baseline, Path(workdir) / "cache")
-        distill = distill_settings(spec, params)
-        settings = train_settings(spec)
-
-        def finetune(model: torch.nn.Module, **overrides: Any) -> dict[str, list[float]]:
-            s = TrainSettings(**{**asdict(settings), **overrides})
-            return train_(model, train_loader, val_loader, s, teacher, distill, device)
-
+        finetune = make_finetune(
+            train_loader,
+            val_loader,
+            train_settings(spec),
+            teacher,
+            distill_settings(spec, params),
+            device,
+        )
         ctx = Context(
             train_loader=train_loader,
             val_loader=val_loader,
