@@ -65,14 +65,22 @@ def _torch_runner(model: nn.Module, batch: torch.Tensor, device: str) -> Callabl
     return run
 
 
-def _onnx_runner(onnx_path: Path, batch: torch.Tensor, threads: int) -> Callable[[], None]:
+def ort_session(onnx_path: Path, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime CPU session with a fixed thread count (and profiling, if asked)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runner(onnx_path: Path, batch: torch.Tensor, threads: int) -> Callable[[], None]:
+    session = ort_session(onnx_path, threads)
     feed = {session.get_inputs()[0].name: batch.numpy()}
     return lambda: session.run(None, feed)
 

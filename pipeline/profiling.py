@@ -127,23 +127,17 @@ def onnx_time(model: nn.Module, batch: torch.Tensor, repeats: int, threads: int)
     """Milliseconds of node time per module from onnxruntime's profiler (summed over
     runs) and the total node time."""
     import onnx
-    import onnxruntime as ort
 
     from pipeline.export import export_onnx
+    from pipeline.measure import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, batch[:1], Path(tmp) / "model.onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads)
         feed = {session.get_inputs()[0].name: batch.numpy()}
-        for _ in range(2):
+        for _ in range(2):  # warm-up, outside the profiled session
             session.run(None, feed)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
         for _ in range(repeats):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
