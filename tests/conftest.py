@@ -18,3 +18,26 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# The team stack (Prefect server on PostgreSQL, MLflow server, moto S3, a process worker)
+# starts once per session and is shared by every integration module that asks for it.
+@pytest.fixture(scope="session")
+def stack(request, tmp_path_factory):
+    from tests import servers
+
+    return servers.session_stack(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def worker(request, stack):
+    from tests import servers
+
+    return servers.session_worker(request, stack)
+
+
+@pytest.fixture(scope="session")
+def deployed(request, stack):
+    from tests import servers
+
+    return servers.session_deployments(request, stack)

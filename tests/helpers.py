@@ -33,6 +33,16 @@ class TinyCNN(nn.Module):
         return torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
+# A job small enough for a test: the tiny CNN on 400 digits at 8x8, short training and
+# timing. Callers add the target, rounds, tracking and output flags.
+TINY_JOB = [
+    "--model", "tests.helpers:tiny_cnn",
+    "--data", "digits", "--image-size", "8", "--data-limit", "400",
+    "--pretrain-epochs", "2", "--epochs", "1",
+    "--measure-batch", "8", "--repeats", "3",
+]  # fmt: skip
+
+
 def tiny_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> TinyCNN:
     torch.manual_seed(0)
     return TinyCNN(num_classes, in_channels, width)

@@ -8,14 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
-from tests import servers
+from tests.helpers import TINY_JOB
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
-    return servers.session_stack(request, tmp_path_factory)
 
 
 @pytest.fixture()
@@ -33,10 +28,7 @@ def run_job(tmp_path, name, *runner):
         [
             "run",
             "--name", name,
-            "--model", "tests.helpers:tiny_cnn",
-            "--data", "digits", "--image-size", "8", "--data-limit", "400",
-            "--pretrain-epochs", "2", "--epochs", "1",
-            "--measure-batch", "8", "--repeats", "3",
+            *TINY_JOB,
             "--target-compression", "2", "--rounds", "4", "--parallel", "2",
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", name,
             "--no-register",

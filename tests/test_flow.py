@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from hpo.space import Real
 from learners import registry
 from pipeline.cli import main
+from tests.helpers import TINY_JOB
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -18,10 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def job_flags(tmp_path, *extra):
     return [
         "run",
-        "--model", "tests.helpers:tiny_cnn",
-        "--data", "digits", "--image-size", "8", "--data-limit", "400",
-        "--pretrain-epochs", "3", "--epochs", "1",
-        "--measure-batch", "8", "--repeats", "3",
+        *TINY_JOB,
         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
         "--output", str(tmp_path / "out"),
         "--summary-json", str(tmp_path / "summary.json"),

@@ -18,16 +18,6 @@ SOURCE = "tiny-registered"
 RESULT = "tiny-nightly"
 
 
-@pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
-    return servers.session_stack(request, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def worker(request, stack):
-    return servers.session_worker(request, stack)
-
-
 def register_source_model(uri: str) -> None:
     import mlflow
     import mlflow.pytorch

@@ -10,24 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
+from tests.helpers import TINY_JOB
 from tests.servers import AWS_ENV, cli
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
-    return servers.session_stack(request, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def deployed(request, stack):
-    return servers.session_deployments(request, stack)
-
-
-@pytest.fixture(scope="module")
-def worker(request, stack):
-    return servers.session_worker(request, stack)
 
 
 JOB = "team-job"
@@ -37,10 +23,7 @@ def submit_flags(stack, *extra):
     return [
         "submit",
         "--name", JOB,
-        "--model", "tests.helpers:tiny_cnn",
-        "--data", "digits", "--image-size", "8", "--data-limit", "400",
-        "--pretrain-epochs", "2", "--epochs", "1",
-        "--measure-batch", "8", "--repeats", "3",
+        *TINY_JOB,
         "--target-compression", "2", "--rounds", "2",
         "--tracking-uri", stack.mlflow.uri, "--experiment", "team",
         "--output", f"s3://{stack.bucket}/out",
