@@ -44,13 +44,15 @@ from torch import nn
 from learners.base import Context
 from learners.channel import ChannelPruning
 from learners.finetune import DistillSettings, TrainSettings, accuracy, make_finetune, train_
+from learners.formats import export
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, TensorCodec
 from learners.nonuniform import NonUniformQuantization
-from learners.packing import OnnxModule, PackedModel, TensorCodec
 from learners.sparsity import Sparsity, density
 from learners.uniform import UniformQuantization
-from pipeline import export, measure
-from pipeline.data import Splits, load_splits
-from pipeline.zoo import build
+from pipeline import measure
+from pipeline.sources.data import Splits, load_splits
+from pipeline.sources.zoo import build
 
 MODELS = {
     # name: (zoo name, factory options, image size, pretrain epochs, pretrain lr)

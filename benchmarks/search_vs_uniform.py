@@ -19,8 +19,9 @@ import torch
 
 from learners.channel import ChannelPruning, prunable_units
 from learners.finetune import TrainSettings, accuracy, train_
-from pipeline import export, measure, spec
-from pipeline.baseline import splits_for
+from learners.formats import export
+from pipeline import measure, spec
+from pipeline.job.baseline import splits_for
 
 
 def main() -> None:

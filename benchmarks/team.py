@@ -52,7 +52,7 @@ def instrumented(clock: Clock):
     """Time the search loop, MLflow's per-candidate logging and the optimiser, in place."""
     from hpo.optimizer import Optimizer
     from pipeline import flows
-    from pipeline.tracking import Tracker
+    from pipeline.records.tracking import Tracker
 
     def timed(owner, name, add):
         original = getattr(owner, name)
@@ -91,7 +91,7 @@ def instrumented(clock: Clock):
 
 
 def run_job(args, stack, out: Path, name: str, runner: list[str]) -> Clock:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     flags = [
         "run",

@@ -44,9 +44,10 @@ import torch
 from torch import nn
 
 from learners.channel import ChannelPruning, prunable_units
-from pipeline import costmodel, measure
-from pipeline.zoo import build, names
-from pipeline.zoo.shufflenet import ChannelShuffle
+from pipeline import measure
+from pipeline.measure import costmodel
+from pipeline.sources.zoo import build, names
+from pipeline.sources.zoo.shufflenet import ChannelShuffle
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")

@@ -24,18 +24,16 @@ from torch.nn.utils import parametrize
 
 from hpo.space import Categorical, Dimension
 from learners.base import Context, ModelInfo
-from learners.finetune import finish_finetune_
-from learners.packing import (
-    PackedModel,
-    TensorCodec,
+from learners.bitwidth import (
     bit_dimensions,
     check_bit_settings,
     first_parametrization,
     layer_bits,
     layer_weight,
-    unwrap,
     weight_layers,
 )
+from learners.finetune import finish_finetune_
+from learners.formats.packed import PackedModel, TensorCodec, unwrap
 
 INITS = ("linear", "density", "random")
 

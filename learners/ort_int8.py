@@ -1,6 +1,6 @@
 """int8 post-training static quantisation executed by onnxruntime.
 
-The float model is exported to ONNX (pipeline.export, the same export as the fp32
+The float model is exported to ONNX (learners.formats.export, the same export as the fp32
 baseline), pre-processed (shape inference, graph optimisation), and quantised by
 ``onnxruntime.quantization.quantize_static``: int8 per-channel weights, uint8
 activations whose ranges are calibrated on training batches. The result runs on
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from learners.formats.export import export_onnx
 
 FORMATS = ("qdq", "qoperator")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -63,8 +65,6 @@ def weight_nodes(onnx_path: str | Path) -> list[str]:
 
 
 def export_float(model: nn.Module, example_inputs: torch.Tensor, path: Path) -> Path:
-    from pipeline.export import export_onnx  # the one ONNX export (opset, names, batch axis)
-
     return export_onnx(model, example_inputs, path)
 
 

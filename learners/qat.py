@@ -8,7 +8,7 @@ calibrated on training batches and then tracked by a moving average while traini
 
 ``convert_`` freezes the result: each weight becomes exactly ``codes * scale`` and the
 scale is kept as the buffer ``weight_scale``, so a packed file of b-bit codes (see
-``learners.packing``) decodes to the very same tensors. Zeros of a sparse weight stay
+``learners.formats.packed``) decodes to the very same tensors. Zeros of a sparse weight stay
 zero (the mask is held). On CPU this saves bytes, not time: the fake quantisers make the
 float model slightly slower; real int8 kernels are the ``uniform`` learner's int8 mode.
 
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learners.packing import TensorCodec, first_parametrization, layer_weight, weight_layers
+from learners.bitwidth import first_parametrization, layer_weight, weight_layers
+from learners.formats.packed import TensorCodec
 
 ACT_BITS = 8
 

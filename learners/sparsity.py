@@ -24,15 +24,9 @@ from torch.nn.utils import parametrize
 
 from hpo.space import Dimension, Real
 from learners.base import Context, ModelInfo
+from learners.bitwidth import first_parametrization, layer_weight, weight_layers
 from learners.finetune import finish_finetune_
-from learners.packing import (
-    PackedModel,
-    TensorCodec,
-    first_parametrization,
-    layer_weight,
-    unwrap,
-    weight_layers,
-)
+from learners.formats.packed import PackedModel, TensorCodec, unwrap
 
 ALLOCATIONS = ("uniform", "layer", "global")
 

@@ -27,20 +27,18 @@ from torch import nn
 
 from hpo.space import Categorical, Dimension
 from learners.base import Context, ModelInfo
-from learners.finetune import finish_finetune_
-from learners.ort_int8 import CALIBRATIONS, FORMATS, quantize_int8
-from learners.packing import (
-    OnnxModule,
-    PackedModel,
-    TensorCodec,
+from learners.bitwidth import (
     average_bits,
     bit_dimensions,
     check_bit_settings,
     layer_bits,
     layer_weight,
-    unwrap,
     weight_layers,
 )
+from learners.finetune import finish_finetune_
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, TensorCodec, unwrap
+from learners.ort_int8 import CALIBRATIONS, FORMATS, quantize_int8
 from learners.qat import calibrate_, convert_, prepare_
 
 MODES = ("int8", "qat")

@@ -16,13 +16,16 @@ from prefect.cache_policies import NONE
 
 from hpo.optimizer import Optimizer
 from learners.base import ModelInfo
-from pipeline import baseline as baseline_mod
-from pipeline import candidate, report, runners, storage
-from pipeline.export import load_model
-from pipeline.resume import results_from_history
-from pipeline.search import SearchState, run_search, search_space
+from learners.formats.export import load_model
+from pipeline import runners
+from pipeline.job import baseline as baseline_mod
+from pipeline.job import candidate, report
+from pipeline.job.resume import results_from_history
+from pipeline.job.search import SearchState, run_search, search_space
+from pipeline.records import storage
+from pipeline.records.results import CandidateResult
+from pipeline.records.tracking import Tracker
 from pipeline.spec import JobSpec, parse
-from pipeline.tracking import Tracker
 
 
 @task(name="prepare-baseline", cache_policy=NONE)
@@ -104,7 +107,7 @@ def publish(
     return summary
 
 
-def describe(r: candidate.CandidateResult, feasible: bool) -> str:
+def describe(r: CandidateResult, feasible: bool) -> str:
     if r.status != "ok":
         first_line = (r.error or "").splitlines()[0] if r.error else ""
         return f"[round {r.round}] FAILED: {first_line}"
@@ -184,7 +187,7 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
             ]
             return [f.result() for f in futures]
 
-        def on_result(r: candidate.CandidateResult, feasible: bool) -> None:
+        def on_result(r: CandidateResult, feasible: bool) -> None:
             tracker.log_candidate(parent, r, feasible)
             _log(describe(r, feasible))
 
@@ -205,7 +208,7 @@ def _seed_with_fixed_rule(spec: JobSpec, optimizer: Optimizer, info, base, out_d
     if spec.learners != ["channel"]:
         return
     from learners import registry
-    from pipeline.calibrate import uniform_start
+    from pipeline.job.calibrate import uniform_start
 
     learner = registry.get("channel", **spec.learner_options.get("channel", {}))
     start = uniform_start(spec, learner, info, base.bytes, out_dir / "calibration", log=_log)

@@ -134,7 +134,7 @@ class Model(_Strict):
     @field_validator("source")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from pipeline.zoo import names
+        from pipeline.sources.zoo import names
 
         if v in names() or _FACTORY.match(v) or v.startswith(("s3://", "models:/")):
             return v

@@ -335,8 +335,8 @@ def deploy(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return cli("deploy", *args, env=env)
 
 
-# Not `-m pipeline.cli`: run as __main__, that module's UserError would be a second class.
-MAIN = "import sys; from pipeline.cli import main; sys.exit(main())"
+# Not `-m pipeline.cli.main`: run as __main__, that module's UserError would be a second class.
+MAIN = "import sys; from pipeline.cli.main import main; sys.exit(main())"
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
-from pipeline import export, measure
-from pipeline.calibrate import achieved, uniform_start
+from learners.formats import export
+from pipeline import measure
+from pipeline.job.calibrate import achieved, uniform_start
 from pipeline.spec import parse
 from tests.helpers import TinyCNN, tiny_cnn
 

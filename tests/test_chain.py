@@ -3,8 +3,10 @@ import torch
 
 from learners import registry
 from learners.base import ModelInfo
+from learners.bitwidth import weight_layers
 from learners.chain import apply_chain, chain_space, validate_chain
-from learners.packing import OnnxModule, PackedModel, loads_packed, weight_layers
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, loads_packed
 from tests.helpers_learners import example_inputs, make_context, trained_tiny
 
 

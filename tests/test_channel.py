@@ -7,7 +7,7 @@ from learners import get
 from learners.base import Context, ModelInfo
 from learners.channel import ChannelConfig, ChannelPruning, replay
 from pipeline import measure
-from pipeline.zoo import build
+from pipeline.sources.zoo import build
 from tests.helpers import TinyCNN, tiny_cnn
 
 HALF = {"ratio.conv1": 0.5, "ratio.layer1": 0.5, "ratio.layer2": 0.5, "ratio.layer3": 0.5}

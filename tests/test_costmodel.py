@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import costmodel
-from pipeline.zoo import build, names
-from pipeline.zoo.shufflenet import ChannelShuffle
+from pipeline.measure import costmodel
+from pipeline.sources.zoo import build, names
+from pipeline.sources.zoo.shufflenet import ChannelShuffle
 
 
 def test_conv_formulas_are_the_textbook_ones():

@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from tests.helpers import TINY_JOB
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import DataSourceError, load_splits
+from pipeline.sources.data import DataSourceError, load_splits
 
 
 def _indices_disjoint(*sets):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from pipeline.deploy_cli import ensure_pools
+from pipeline.cli.deploy import ensure_pools
 
 
 class RacingClient:

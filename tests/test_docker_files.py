@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import build_parser, main
+from pipeline.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.cuda", "docker/Dockerfile.mlflow"]

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from hpo.space import Real
 from learners import registry
-from pipeline.cli import main
+from pipeline.cli.main import main
 from tests.helpers import TINY_JOB
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from learners import huffman
+from learners.formats import huffman
 
 
 def _entropy_bits(symbols: np.ndarray) -> float:

@@ -10,8 +10,8 @@ import torch
 from learners import registry
 from learners.distill import DistillConfig
 from learners.finetune import DistillSettings, TrainSettings
+from learners.formats.packed import TensorCodec
 from learners.nonuniform import NonUniformConfig
-from learners.packing import TensorCodec
 from learners.sparsity import SparsityConfig
 from learners.uniform import UniformConfig
 from tests.helpers_learners import make_context, trained_tiny

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
-from learners.packing import OnnxModule, load_packed
-from pipeline.cli import main
-from pipeline.export import load_model
+from learners.formats.export import load_model
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import load_packed
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

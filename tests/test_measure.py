@@ -3,7 +3,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pipeline import export, measure
+from learners.formats import export
+from pipeline import measure
 from tests.helpers import TinyCNN
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.export import save_model
-from pipeline.models import ModelSourceError, build_model
+from learners.formats.export import save_model
+from pipeline.sources.models import ModelSourceError, build_model
 from tests.helpers import TinyCNN
 
 

@@ -5,6 +5,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from learners.base import ModelInfo
+from learners.bitwidth import weight_layers
+from learners.formats.packed import PackedModel, TensorCodec, loads_packed
 from learners.nonuniform import (
     INITS,
     NonUniformConfig,
@@ -15,7 +17,6 @@ from learners.nonuniform import (
     kmeans_1d,
     replay,
 )
-from learners.packing import PackedModel, TensorCodec, loads_packed, weight_layers
 from learners.sparsity import Sparsity
 from tests.helpers_learners import example_inputs, make_context, trained_tiny
 

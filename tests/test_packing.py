@@ -5,16 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from learners import packing
-from learners.packing import (
-    OnnxModule,
-    PackedModel,
-    TensorCodec,
-    fit_bits_to_budget,
-    loads_packed,
-    pack_uint,
-    unpack_uint,
-)
+from learners.bitwidth import average_bits, fit_bits_to_budget, weight_layers
+from learners.formats import packed as packing
+from learners.formats.bitpack import pack_uint, packed_bytes, unpack_uint
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, TensorCodec, loads_packed
 from tests.helpers_learners import TinyNet, example_inputs
 
 
@@ -22,7 +17,7 @@ from tests.helpers_learners import TinyNet, example_inputs
 def test_fixed_width_packing_round_trips_in_exactly_n_bits(bits):
     values = np.random.default_rng(bits).integers(0, 1 << bits, 1001)
     data = pack_uint(values, bits)
-    assert len(data) == packing.packed_bytes(values.size, bits)
+    assert len(data) == packed_bytes(values.size, bits)
     assert np.array_equal(unpack_uint(data, bits, values.size), values)
     with pytest.raises(ValueError, match="lie in"):
         pack_uint(np.array([1 << bits]), bits)
@@ -41,7 +36,7 @@ def test_gap_symbols_recover_positions_including_long_runs(width):
 def test_positions_pick_the_cheaper_encoding_and_decode_exactly(density, use_huffman):
     mask = np.random.default_rng(0).random(5000) < density
     stream = packing._encode_positions(mask, use_huffman)
-    assert stream.nbytes <= packing.packed_bytes(mask.size, 1)  # never worse than a bitmap
+    assert stream.nbytes <= packed_bytes(mask.size, 1)  # never worse than a bitmap
     decoded = packing._decode_positions(stream.meta, stream.blobs, mask.size)
     assert np.array_equal(decoded, np.flatnonzero(mask))
 
@@ -50,14 +45,14 @@ def _sparse_tiny(density: float) -> TinyNet:
     torch.manual_seed(0)
     model = TinyNet().eval()
     with torch.no_grad():
-        for _, m in packing.weight_layers(model):
+        for _, m in weight_layers(model):
             m.weight.mul_(torch.rand_like(m.weight) < density)
     return model
 
 
 def test_packed_model_reloads_bit_identical_without_a_template():
     model = _sparse_tiny(0.3)
-    codecs = {f"{n}.weight": TensorCodec(sparse=True) for n, _ in packing.weight_layers(model)}
+    codecs = {f"{n}.weight": TensorCodec(sparse=True) for n, _ in weight_layers(model)}
     packed = PackedModel(model, codecs)
     data, stats = packed.packed()
     assert stats.total == len(data) == stats.header + stats.architecture + stats.coded + stats.raw
@@ -103,7 +98,7 @@ def test_the_wrapper_keeps_the_inner_mode_and_deep_copies():
 def test_bit_budget_lowers_the_widest_layers_until_it_is_met():
     sizes = {"a": 100, "b": 1000, "c": 10}
     bits = fit_bits_to_budget({"a": 8, "b": 8, "c": 8}, sizes, 4.0, 2)
-    assert packing.average_bits(bits, sizes) <= 4.0
+    assert average_bits(bits, sizes) <= 4.0
     assert all(2 <= b <= 8 for b in bits.values())
     assert fit_bits_to_budget({"a": 3, "b": 3, "c": 3}, sizes, 4.0, 2) == {"a": 3, "b": 3, "c": 3}
     with pytest.raises(ValueError, match="below min_bits"):
@@ -111,7 +106,7 @@ def test_bit_budget_lowers_the_widest_layers_until_it_is_met():
 
 
 def test_onnx_module_runs_pickles_and_exports_its_own_bytes(tmp_path):
-    from pipeline.export import export_onnx
+    from learners.formats.export import export_onnx
 
     model = TinyNet().eval()
     path = export_onnx(model, example_inputs(), tmp_path / "fp32.onnx")

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import cli, profile_cli, profiling
-from pipeline.cli import UserError
+from pipeline.cli import main as cli
+from pipeline.cli import profile as profile_cli
+from pipeline.cli.errors import UserError
+from pipeline.measure import profiling
 
 
 def run_profile(argv: list[str], capsys) -> tuple[int, str]:
@@ -23,7 +25,7 @@ def run_profile(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_the_subcommand_is_wired_into_the_cli():
-    assert "pipeline.profile_cli" in cli.COMMANDS
+    assert "pipeline.cli.profile" in cli.COMMANDS
 
 
 def test_table_on_a_zoo_model_lists_layers_and_totals(capsys):

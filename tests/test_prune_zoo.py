@@ -18,8 +18,8 @@ from learners import channel_ops
 from learners.channel import ChannelPruning, replay
 from learners.channel_ops import PermutationPruner, PruningError, StructuredPruner
 from pipeline import measure
-from pipeline.zoo import build, names
-from pipeline.zoo.shufflenet import ChannelShuffle
+from pipeline.sources.zoo import build, names
+from pipeline.sources.zoo.shufflenet import ChannelShuffle
 from tests.helpers_zoo import (
     RATIO_FOR_2X,
     ViewShuffleNet,
@@ -177,7 +177,7 @@ def test_structured_pruner_check_catches_a_tampered_result():
 def test_pruned_shufflenets_export_to_onnx_and_run_the_same(name, tmp_path):
     import onnxruntime as ort
 
-    from pipeline.export import export_onnx
+    from learners.formats.export import export_onnx
 
     _, pruned, _ = _prune(name, 0.5)
     path = export_onnx(pruned, EXAMPLE, tmp_path / "pruned.onnx")

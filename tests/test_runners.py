@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline import flows, runners
-from pipeline.run_cli import add_job_arguments, overrides_from_args
+from pipeline.cli.run import add_job_arguments, overrides_from_args
 from pipeline.spec import SpecError, parse
 
 TARGET = {"target": {"speedup": 2.0}}

@@ -1,6 +1,6 @@
 from hpo import Optimizer, Real
-from pipeline.candidate import CandidateResult
-from pipeline.search import SearchState, run_search, should_stop
+from pipeline.job.search import SearchState, run_search, should_stop
+from pipeline.records.results import CandidateResult
 from pipeline.spec import parse
 
 

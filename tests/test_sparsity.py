@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from learners.base import ModelInfo
-from learners.packing import PackedModel, TensorCodec, loads_packed, weight_layers
+from learners.bitwidth import weight_layers
+from learners.formats.packed import PackedModel, TensorCodec, loads_packed
 from learners.sparsity import (
     Sparsity,
     SparsityConfig,

@@ -1,8 +1,8 @@
 import pytest
 
 from pipeline import spec
-from pipeline.cli import build_parser
-from pipeline.run_cli import spec_from_args
+from pipeline.cli.main import build_parser
+from pipeline.cli.run import spec_from_args
 
 
 def parse(**kw):

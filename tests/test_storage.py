@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import export, flows, storage
-from pipeline.models import ModelSourceError, build_model
+from learners.formats import export
+from pipeline import flows
+from pipeline.records import storage
+from pipeline.sources.models import ModelSourceError, build_model
 from pipeline.spec import parse
 from tests import servers
 from tests.helpers import tiny_cnn

@@ -9,8 +9,9 @@ from uuid import uuid4
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-from pipeline import deploy_cli, submit_cli
-from pipeline.cli import main
+from pipeline.cli import deploy as deploy_cli
+from pipeline.cli import submit as submit_cli
+from pipeline.cli.main import main
 from tests.servers import free_port
 
 JOB = ["--model", "tests.helpers:tiny_cnn", "--target-compression", "2", "--rounds", "2"]

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from learners.base import ModelInfo
+from learners.bitwidth import weight_layers
 from learners.finetune import accuracy
-from learners.packing import OnnxModule, PackedModel, loads_packed, weight_layers
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, loads_packed
 from learners.qat import ActQuant, fake_quantize_weight, prepare_
 from learners.sparsity import Sparsity
 from learners.uniform import UniformConfig, UniformQuantization, replay

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.zoo import build, names
-from pipeline.zoo.mobilenet import make_divisible
-from pipeline.zoo.shufflenet import ChannelShuffle, ShuffleNetV1, shuffle_permutation
+from pipeline.sources.zoo import build, names
+from pipeline.sources.zoo.mobilenet import make_divisible
+from pipeline.sources.zoo.shufflenet import ChannelShuffle, ShuffleNetV1, shuffle_permutation
 
 LIGHTWEIGHT = ("mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2")
 

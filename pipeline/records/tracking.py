@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.candidate import CandidateResult
+from pipeline.records.results import CandidateResult
 
 CANDIDATE_METRICS = (
     "accuracy",

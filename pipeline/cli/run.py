@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import UserError
+from pipeline.cli.errors import UserError
 
 # The job finished and its best candidate is recorded, but it falls short of the target.
 EXIT_TARGET_NOT_MET = 3
@@ -175,13 +175,13 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    from pipeline.data import DataSourceError
     from pipeline.flows import compress
-    from pipeline.models import ModelSourceError
-    from pipeline.report import table
+    from pipeline.job.report import table
+    from pipeline.records.storage import StorageError
+    from pipeline.records.tracking import ui_command
     from pipeline.runners import RunnerError
-    from pipeline.storage import StorageError
-    from pipeline.tracking import ui_command
+    from pipeline.sources.data import DataSourceError
+    from pipeline.sources.models import ModelSourceError
 
     print(
         f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
@@ -206,7 +206,7 @@ def write_summary(summary: dict[str, Any], destination: str) -> None:
     """Write the summary to a local path or an s3:// URI."""
     import tempfile
 
-    from pipeline import storage
+    from pipeline.records import storage
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "summary.json"

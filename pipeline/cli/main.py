@@ -10,18 +10,16 @@ import argparse
 import importlib
 import sys
 
+from pipeline.cli.errors import UserError
+
 # Subcommand modules, imported lazily so `compressflow --help` stays fast.
 COMMANDS = (
-    "pipeline.run_cli",
-    "pipeline.profile_cli",
-    "pipeline.submit_cli",
-    "pipeline.deploy_cli",
-    "pipeline.image_cli",
+    "pipeline.cli.run",
+    "pipeline.cli.profile",
+    "pipeline.cli.submit",
+    "pipeline.cli.deploy",
+    "pipeline.cli.image",
 )
-
-
-class UserError(Exception):
-    """Bad input: printed as one clear line, exit code 2, nothing recorded is lost."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +41,3 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"compressflow: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    # Under `python -m`, this file runs as __main__ while subcommands import pipeline.cli:
-    # use that module's main, so its UserError is the one the subcommands raise.
-    from pipeline.cli import main as _main
-
-    sys.exit(_main())

@@ -16,8 +16,8 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from pipeline.cli import UserError
-from pipeline.run_cli import add_job_arguments, spec_from_args
+from pipeline.cli.errors import UserError
+from pipeline.cli.run import add_job_arguments, spec_from_args
 
 DEFAULT_DEPLOYMENT = "compress/team"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.cli.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TAGS = {False: "compressflow-worker:cpu", True: "compressflow-worker:cuda"}
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from learners.finetune import accuracy  # noqa: F401  (re-exported: one accuracy definition)
+from learners.formats.export import export_onnx, ort_session
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda")
 
@@ -65,20 +66,6 @@ def _torch_runner(model: nn.Module, batch: torch.Tensor, device: str) -> Callabl
     return run
 
 
-def ort_session(onnx_path: Path, threads: int, profile_prefix: str | None = None):
-    """An onnxruntime CPU session with a fixed thread count (and profiling, if asked)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-
 def _onnx_runner(onnx_path: Path, batch: torch.Tensor, threads: int) -> Callable[[], None]:
     session = ort_session(onnx_path, threads)
     feed = {session.get_inputs()[0].name: batch.numpy()}
@@ -117,8 +104,6 @@ def make_runner(
     shape = (settings.batch_size, *example_inputs.shape[1:])
     batch = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     if settings.runtime == "onnxruntime-cpu":
-        from pipeline.export import export_onnx
-
         path = export_onnx(model, example_inputs, Path(workdir) / f"{tag}.latency.onnx")
         return _onnx_runner(path, batch, settings.threads)
     if settings.runtime == "cuda" and not torch.cuda.is_available():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +20,12 @@ from learners import registry
 from learners.base import Context
 from learners.chain import apply_chain
 from learners.finetune import DistillSettings, TrainSettings, accuracy, make_finetune
-from pipeline import export, measure, storage
-from pipeline.data import load_splits
+from learners.formats import export
+from pipeline import measure
+from pipeline.records import storage
+from pipeline.records.results import CandidateResult
+from pipeline.sources.data import load_splits
 from pipeline.spec import JobSpec, parse
-
-
-@dataclass
-class CandidateResult:
-    round: int
-    params: dict[str, Any]
-    learners: list[str]
-    status: str = "ok"  # "ok" or "failed"
-    error: str | None = None
-    accuracy: float | None = None
-    latency_ms: float | None = None
-    baseline_latency_ms: float | None = None
-    speedup: float | None = None  # on the declared runtime
-    speedups: dict[str, float] = field(default_factory=dict)  # on every target runtime
-    flops: int | None = None
-    param_count: int | None = None
-    bytes: int | None = None
-    compression: float | None = None
-    model_path: str | None = None
-    deployable_path: str | None = None
-    records: dict[str, Any] = field(default_factory=dict)
-    curves: dict[str, list[float]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def achieved(self, kind: str) -> float | None:
-        """The figure compared with the target: for speedup, the worst target runtime."""
-        if kind == "compression":
-            return self.compression
-        return min(self.speedups.values()) if self.speedups else self.speedup
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CandidateResult:
-        return cls(**data)
 
 
 def resolve_device(device: str) -> str:

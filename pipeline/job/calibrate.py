@@ -16,7 +16,8 @@ from torch import nn
 
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
-from pipeline import export, measure
+from learners.formats import export
+from pipeline import measure
 from pipeline.spec import JobSpec
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from learners.finetune import TrainSettings, train_
-from pipeline import export, measure
-from pipeline.candidate import latency_settings, resolve_device
-from pipeline.data import Splits, load_splits
-from pipeline.models import build_model
+from learners.formats import export
+from pipeline import measure
+from pipeline.job.candidate import latency_settings, resolve_device
+from pipeline.sources.data import Splits, load_splits
+from pipeline.sources.models import build_model
 from pipeline.spec import JobSpec
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.space import Categorical, Dimension, Integer, Real
-from pipeline.candidate import CandidateResult
-from pipeline.tracking import CANDIDATE_METRICS
+from pipeline.records.results import CandidateResult
+from pipeline.records.tracking import CANDIDATE_METRICS
 
 
 def _typed(dim: Dimension, text: str) -> Any:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pipeline.zoo.mobilenet import mobilenet_v1, mobilenet_v2
-from pipeline.zoo.resnet import resnet20, resnet32, resnet44, resnet56
-from pipeline.zoo.shufflenet import shufflenet_v1, shufflenet_v2
+from pipeline.sources.zoo.mobilenet import mobilenet_v1, mobilenet_v2
+from pipeline.sources.zoo.resnet import resnet20, resnet32, resnet44, resnet56
+from pipeline.sources.zoo.shufflenet import shufflenet_v1, shufflenet_v2
 
 ModelFactory = Callable[..., nn.Module]
 

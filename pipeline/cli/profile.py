@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from pipeline.cli import UserError
+from pipeline.cli.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +62,8 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import profiling
-    from pipeline.models import ModelSourceError, build_model
+    from pipeline.measure import profiling
+    from pipeline.sources.models import ModelSourceError, build_model
 
     shape = parse_shape(args.input)
     if args.runtime not in profiling.RUNTIMES:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import UserError
+from pipeline.cli.errors import UserError
 
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 
@@ -27,7 +27,7 @@ _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 def project_root() -> Path:
     """Where the code and deploy/ live: COMPRESSFLOW_HOME (set in the worker images, whose
     installed package is elsewhere), else the checkout this module is in."""
-    return Path(os.environ.get("COMPRESSFLOW_HOME") or Path(__file__).resolve().parents[1])
+    return Path(os.environ.get("COMPRESSFLOW_HOME") or Path(__file__).resolve().parents[2])
 
 
 def register(sub) -> None:
@@ -114,7 +114,7 @@ def base_job_template(pool: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from pipeline.submit_cli import server_url
+    from pipeline.cli.submit import server_url
 
     root = project_root()
     path = Path(args.prefect_file or root / "deploy" / "prefect.yaml").resolve()

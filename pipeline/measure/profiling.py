@@ -1,4 +1,4 @@
-"""Per-layer profile of a model: analytic cost (pipeline.costmodel) beside the share of
+"""Per-layer profile of a model: analytic cost (pipeline.measure.costmodel) beside the share of
 measured time each layer takes on a runtime.
 
 Time shares come from a profiler run, not from FLOPs:
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import costmodel
+from pipeline.measure import costmodel
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu")
 
@@ -128,7 +128,7 @@ def onnx_time(model: nn.Module, batch: torch.Tensor, repeats: int, threads: int)
     runs) and the total node time."""
     import onnx
 
-    from pipeline.export import export_onnx
+    from learners.formats.export import export_onnx
     from pipeline.measure import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Deployable formats that really shrink: one packed container, and an ONNX wrapper.
+"""The packed container: a deployable format that really shrinks.
 
 Weight-level learners (sparsity, quantisation-aware training, k-means weight sharing)
 leave a dense PyTorch model whose weights have structure: zeros, integer grids, a few
@@ -18,10 +18,6 @@ The file is self-describing (a zlib-compressed JSON header). Loading decodes to 
 the tensors that were saved, so the reloaded model gives bit-identical outputs.
 
 Pickles run code when loaded: only load packed files you trust (as with ``torch.load``).
-
-``OnnxModule`` wraps an ONNX graph (e.g. an int8 model from onnxruntime's quantiser) as
-an ``nn.Module`` whose forward runs onnxruntime, so accuracy is measured by the same code
-as any other candidate and ``export_onnx`` hands the graph to the latency benchmark.
 """
 
 from __future__ import annotations
@@ -34,50 +30,18 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hpo.space import Dimension, Integer
-from learners import huffman
+from learners.formats import huffman
+from learners.formats.bitpack import pack_uint, packed_bytes, unpack_uint
 
 MAGIC = b"CFPK"
 FORMAT_VERSION = 1
 VALUE_KINDS = ("float32", "uniform", "codebook")
-
-
-# --------------------------------------------------------------------------- bit packing
-
-
-def pack_uint(values: np.ndarray, bits: int) -> bytes:
-    """Fixed-width, MSB-first packing of non-negative integers below ``2**bits``."""
-    if not 1 <= bits <= 32:
-        raise ValueError(f"bits must be in [1, 32], got {bits}")
-    values = np.asarray(values, dtype=np.int64).ravel()
-    if values.size == 0:
-        return b""
-    if values.min() < 0 or values.max() >= (1 << bits):
-        raise ValueError(f"values must lie in [0, {(1 << bits) - 1}] to pack in {bits} bits")
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
-    return np.packbits(((values[:, None] >> shifts) & 1).astype(np.uint8).ravel()).tobytes()
-
-
-def unpack_uint(data: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of ``pack_uint``."""
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    raw = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits]
-    if raw.size < count * bits:
-        raise ValueError(f"{len(data)} bytes cannot hold {count} values of {bits} bits")
-    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
-    return raw.reshape(count, bits).astype(np.int64) @ weights
-
-
-def packed_bytes(count: int, bits: int) -> int:
-    return (count * bits + 7) // 8
-
 
 # --------------------------------------------------------------------------- codecs
 
@@ -460,183 +424,3 @@ def loads_packed(data: bytes, template: nn.Module | None = None) -> PackedModel:
 def load_packed(path: str | Path, template: nn.Module | None = None) -> PackedModel:
     """Load a file written by ``PackedModel.save_packed`` (a trusted file: it holds a pickle)."""
     return loads_packed(Path(path).read_bytes(), template)
-
-
-# --------------------------------------------------------------------------- ONNX wrapper
-
-
-class OnnxModule(nn.Module):
-    """An ONNX graph as a module: forward runs onnxruntime on CPU (float32 in and out).
-
-    Only meaningful on runtime ``onnxruntime-cpu``: timing its forward under torch would
-    measure onnxruntime anyway, plus copies.
-    """
-
-    runtimes = ("onnxruntime-cpu",)
-
-    def __init__(self, onnx_bytes: bytes, threads: int = 1) -> None:
-        super().__init__()
-        self.onnx_bytes = bytes(onnx_bytes)
-        self.threads = threads
-        self._session: Any = None
-
-    def _get_session(self) -> Any:
-        if self._session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                self.onnx_bytes, opts, providers=["CPUExecutionProvider"]
-            )
-        return self._session
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        session = self._get_session()
-        feed = {session.get_inputs()[0].name: x.detach().cpu().float().numpy()}
-        return torch.from_numpy(session.run(None, feed)[0])
-
-    def export_onnx(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.onnx_bytes)
-        return path
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_session"] = None  # sessions do not pickle; rebuilt on first forward
-        return state
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxModule:
-        clone = OnnxModule(self.onnx_bytes, self.threads)
-        clone.train(self.training)
-        return clone
-
-
-def load_onnx_module(path: str | Path, threads: int = 1) -> OnnxModule:
-    return OnnxModule(Path(path).read_bytes(), threads)
-
-
-# --------------------------------------------------------------------------- layers
-
-WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def weight_layers(model: nn.Module, exclude: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
-    """(module name, module) of every conv/linear layer whose weight a learner may code."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, WEIGHT_LAYERS) and name not in exclude
-    ]
-
-
-# --------------------------------------------------------------------------- bit budgets
-
-
-def average_bits(bits: Mapping[str, int], sizes: Mapping[str, int]) -> float:
-    """Size-weighted mean bit width of the coded weights."""
-    total = sum(sizes[n] for n in bits)
-    return sum(bits[n] * sizes[n] for n in bits) / max(1, total)
-
-
-def fit_bits_to_budget(
-    bits: Mapping[str, int], sizes: Mapping[str, int], budget: float | None, min_bits: int
-) -> dict[str, int]:
-    """Lower per-layer bit widths until the size-weighted mean is within ``budget``: one bit
-    at a time from the widest layer (ties: the largest), so the search's preferences keep
-    their order and the budget is always met."""
-    out = dict(bits)
-    if budget is None:
-        return out
-    if budget < min_bits:
-        raise ValueError(f"a budget of {budget} average bits is below min_bits={min_bits}")
-    while average_bits(out, sizes) > budget + 1e-9:
-        name = max(out, key=lambda n: (out[n], sizes[n], n))
-        if out[name] <= min_bits:
-            break
-        out[name] -= 1
-    return out
-
-
-class BitWidthSettings(Protocol):
-    """The bit-width fields the b-bit learners (``uniform`` qat mode, ``nonuniform``)
-    share: ``bits`` fixed for every layer, else searched once ("global" granularity) or per
-    layer ("layer") in [min_bits, max_bits] and lowered to ``avg_bits`` when set; layers in
-    ``exclude`` are not coded. Read-only properties so frozen dataclasses match."""
-
-    @property
-    def bits(self) -> int | None: ...
-    @property
-    def min_bits(self) -> int: ...
-    @property
-    def max_bits(self) -> int: ...
-    @property
-    def granularity(self) -> str: ...
-    @property
-    def avg_bits(self) -> float | None: ...
-    @property
-    def exclude(self) -> tuple[str, ...]: ...
-
-
-def check_bit_settings(settings: BitWidthSettings, lowest: int) -> None:
-    """Reject bit-width settings outside ``lowest <= min_bits <= max_bits <= 8`` (the
-    lowest width differs by learner: k-means sharing allows 1 bit, uniform codes 2)."""
-    s = settings
-    if not lowest <= s.min_bits <= s.max_bits <= 8:
-        raise ValueError(
-            f"need {lowest} <= min_bits <= max_bits <= 8, got {s.min_bits}, {s.max_bits}"
-        )
-    if s.bits is not None and not s.min_bits <= s.bits <= s.max_bits:
-        raise ValueError(f"bits must be in [{s.min_bits}, {s.max_bits}], got {s.bits}")
-    if s.granularity not in ("global", "layer"):
-        raise ValueError(f"granularity must be 'global' or 'layer', got {s.granularity!r}")
-    if s.avg_bits is not None and not s.min_bits <= s.avg_bits <= s.max_bits:
-        raise ValueError(
-            f"avg_bits must be in [min_bits, max_bits] = [{s.min_bits}, "
-            f"{s.max_bits}], got {s.avg_bits}"
-        )
-
-
-def bit_dimensions(settings: BitWidthSettings, model: nn.Module) -> list[Dimension]:
-    """Search dimensions for the bit widths: none when ``bits`` is fixed, one ``bits`` for
-    "global" granularity, else one ``bits.<layer>`` per coded layer of ``model``."""
-    s = settings
-    if s.bits is not None:
-        return []
-    if s.granularity == "global":
-        return [Integer("bits", s.min_bits, s.max_bits)]
-    inner, _ = unwrap(model)
-    return [
-        Integer(f"bits.{n}", s.min_bits, s.max_bits) for n, _ in weight_layers(inner, s.exclude)
-    ]
-
-
-def layer_bits(
-    settings: BitWidthSettings, params: Mapping[str, Any], sizes: Mapping[str, int]
-) -> dict[str, int]:
-    """Bits per layer of ``sizes`` from the settings or the search's ``params`` (the names
-    ``bit_dimensions`` gives; max_bits where absent), within the average-bit budget."""
-    s = settings
-    if s.bits is not None:
-        bits = {n: s.bits for n in sizes}
-    elif s.granularity == "layer":
-        bits = {n: int(params.get(f"bits.{n}", s.max_bits)) for n in sizes}
-    else:
-        bits = {n: int(params.get("bits", s.max_bits)) for n in sizes}
-    return fit_bits_to_budget(bits, sizes, s.avg_bits, s.min_bits)
-
-
-def layer_weight(module: nn.Module) -> torch.Tensor:
-    """The ``weight`` of a conv/linear layer (typed, for code that edits it)."""
-    weight = module.weight
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
-    return weight
-
-
-def first_parametrization(module: nn.Module) -> Any:
-    """The parametrisation a learner registered on ``module.weight``."""
-    return module.parametrizations.weight[0]  # type: ignore[union-attr,index]

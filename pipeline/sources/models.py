@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline import storage, zoo
+from learners.formats.export import load_model
+from pipeline.records import storage
+from pipeline.sources import zoo
 
 
 class ModelSourceError(ValueError):
@@ -64,8 +68,6 @@ def build_model(
     """The model and whether it came with trained weights."""
     options = options or {}
     if source.startswith("models:/"):
-        from pipeline.registry_source import load_registered
-
         return load_registered(source), True
     if source in zoo.names():
         model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
@@ -79,8 +81,6 @@ def build_model(
         if not isinstance(model, nn.Module):
             raise ModelSourceError(f"{source} returned {type(model).__name__}, not an nn.Module")
     else:
-        from pipeline.export import load_model
-
         try:
             return load_model(storage.fetch(source)), True
         except (storage.StorageError, ValueError) as err:
@@ -90,3 +90,31 @@ def build_model(
     if weights:
         return load_weights(model, weights), True
     return model, False
+
+
+def load_registered(uri: str, tracking_uri: str | None = None) -> nn.Module:
+    """The PyTorch model behind a ``models:/<name>/<version|alias|latest>`` URI (one logged
+    with ``mlflow.pytorch``), e.g. the latest version re-compressed every night. The
+    registry is the MLflow server named by ``MLFLOW_TRACKING_URI``: a model source is
+    resolved before the job's own tracking store is opened, and may live in another one."""
+    import mlflow.artifacts
+    import mlflow.pytorch
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise ModelSourceError(
+            f"model {uri}: set MLFLOW_TRACKING_URI to the MLflow server that holds the registry"
+        )
+    with tempfile.TemporaryDirectory(prefix="compressflow-registry-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
+            )
+            model = mlflow.pytorch.load_model(local, map_location="cpu")
+        except Exception as err:
+            raise ModelSourceError(
+                f"model {uri} cannot be loaded from the registry at {tracking_uri}: {err}"
+            ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelSourceError(f"model {uri} is a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()

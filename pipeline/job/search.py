@@ -17,7 +17,8 @@ from hpo.optimizer import Optimizer
 from hpo.space import Dimension, namespaced
 from learners.base import ModelInfo
 from learners.chain import chain_space
-from pipeline.candidate import CandidateResult, build_learners
+from pipeline.job.candidate import build_learners
+from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
 
 EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]

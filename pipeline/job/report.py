@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline import export, measure
-from pipeline.baseline import Baseline, splits_for
-from pipeline.candidate import CandidateResult
-from pipeline.search import SearchState
+from learners.formats import export
+from pipeline import measure
+from pipeline.job.baseline import Baseline, splits_for
+from pipeline.job.search import SearchState
+from pipeline.records.results import CandidateResult
+from pipeline.records.tracking import Tracker
 from pipeline.spec import JobSpec
-from pipeline.tracking import Tracker
 
 
 def registered_name(spec: JobSpec) -> str:

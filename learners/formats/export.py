@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,22 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path
+
+
+def ort_session(onnx: Path | str | bytes, threads: int, profile_prefix: str | None = None) -> Any:
+    """The one onnxruntime CPU session factory: a file or the graph's bytes, a fixed thread
+    count (and profiling, if asked)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    source = onnx if isinstance(onnx, bytes) else str(onnx)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def save_deployable(model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path:

@@ -1,0 +1,1 @@
+"""The ``compressflow`` command line: one module per subcommand, wired in ``main``."""

@@ -1,0 +1,1 @@
+"""What a job leaves behind: candidate results, MLflow tracking and S3 storage."""
