@@ -1,22 +1,58 @@
 """What a learner is, and what it is given.
 
-A learner has a ``name``, a ``space(info)`` of dimensions for the optimiser, and
-``compress(model, params, ctx)`` that returns a NEW module (the input is never mutated).
+A learner is one file: a frozen config, a search space, one operation, and the facts the
+rest of the code needs about it, declared on the class rather than kept in tables
+elsewhere (``learners.chain`` orders and checks chains from these declarations alone, so
+a third-party learner is checked like a built-in one):
+
+- ``name``: how jobs and records call it; ``config``: its frozen, round-trippable config.
+- ``stage``: where it may sit in a chain (structure changes, then weight sparsity, then
+  quantisation); a chain never goes back to a lower stage.
+- ``keeps_float``: whether its output is still float weights a later learner may edit
+  (an int8 graph, codes or codebooks are not: nothing may follow such a learner).
+- ``runtimes``: the runtimes its output can be timed on (None: any).
+- ``space(info)``: the dimensions it lets the optimiser tune.
+- ``compress(model, params, ctx)``: a NEW module (the input is never mutated); it writes
+  JSON-able per-layer settings to ``ctx.records[name]``.
+- ``replay(model, record, ctx)``: the same architecture from a copy of ``model`` and that
+  record, without training (no pickle needed to rebuild a candidate).
+- ``save(model, example_inputs, stem)``: writes its deployable file, returns the path.
+
 Learners that train call ``ctx.finetune(model)``: the shared loop, with distillation when
-the job asks for it.
+the job asks for it. A built-in learner is a module of this package with a module-level
+``LEARNER`` (its class); third parties register through the ``compressflow.learners``
+entry-point group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from hpo.space import Dimension
+from learners.formats.export import save_deployable
+
+
+class Stage(IntEnum):
+    """Where a learner may sit in a chain; a chain never goes back to a lower stage."""
+
+    STRUCTURE = 0  # changes the architecture (channel pruning, low-rank factorisation)
+    SPARSITY = 1  # zeroes weights in place; structure changes after it would cut its layout
+    QUANTIZATION = 2  # changes how weights are stored
+
+
+STAGE_WHY = {
+    Stage.STRUCTURE: "structure changes (pruning, factorisation) come first",
+    Stage.SPARSITY: "weight sparsity comes after structure changes and before quantisation",
+    Stage.QUANTIZATION: "quantisation comes last",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +83,28 @@ class Context:
 @runtime_checkable
 class Learner(Protocol):
     name: str
+    stage: Stage
+    keeps_float: bool
+    runtimes: tuple[str, ...] | None
+    config: Any
 
     def space(self, info: ModelInfo) -> list[Dimension]: ...
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module: ...
+
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module: ...
+
+    def save(self, model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path: ...
+
+
+class LearnerDefaults:
+    """Defaults a learner class may inherit: a float-weight structure learner that runs
+    anywhere and ships the model's own deployable file (its packed format if it has one,
+    else fp32 ONNX)."""
+
+    stage: ClassVar[Stage] = Stage.STRUCTURE
+    keeps_float: ClassVar[bool] = True
+    runtimes: tuple[str, ...] | None = None
+
+    def save(self, model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path:
+        return save_deployable(model, example_inputs, stem)

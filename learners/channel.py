@@ -154,3 +154,6 @@ def replay(model: nn.Module, history: list, example_inputs: torch.Tensor) -> nn.
     graph = channel_ops.dependency_graph(model, example_inputs)
     graph.load_pruning_history([(n, out, idx) for n, out, idx in history])
     return model
+
+
+LEARNER = ChannelPruning

@@ -232,3 +232,6 @@ def replay(model: nn.Module, record: dict[str, Any], seed: int = 0) -> PackedMod
     share_weights_(dense, bits, record["init"], codecs, config.iterations, seed)
     bake_(dense, list(bits))
     return PackedModel(dense, codebook_codecs(bits, codecs, config.huffman))
+
+
+LEARNER = NonUniformQuantization

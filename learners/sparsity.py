@@ -331,3 +331,6 @@ __all__ = [
     "replay",
     "zhu_gupta",
 ]
+
+
+LEARNER = Sparsity

@@ -211,3 +211,6 @@ def replay(
     prepare_(q, bits, sparse_masks(q, bits, codecs))
     calibrate_(q, calibration)
     return PackedModel(q.eval(), {**codecs, **convert_(q, bits, huffman=config.huffman)})
+
+
+LEARNER = UniformQuantization
