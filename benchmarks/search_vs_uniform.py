@@ -21,7 +21,7 @@ from learners.channel import ChannelPruning, prunable_units
 from learners.finetune import TrainSettings, accuracy, train_
 from learners.formats import export
 from pipeline import measure, spec
-from pipeline.job.baseline import splits_for
+from pipeline.job.settings import splits_for
 
 
 def main() -> None:

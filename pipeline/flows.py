@@ -1,5 +1,10 @@
-"""The Prefect flow. Thin on purpose: tasks call plain functions in pipeline/, learners/
-and hpo/, which unit tests call directly."""
+"""The Prefect flow. Thin on purpose: tasks call plain functions in pipeline/job/,
+learners/ and hpo/, which unit tests call directly.
+
+The flow takes a typed ``JobSpec`` (validated once, where the job enters: the CLI, or
+Prefect's parameter validation when a deployment starts a run); its tasks receive that
+object and, separately, the device they run on. Nothing downstream parses a spec.
+"""
 
 from __future__ import annotations
 
@@ -15,27 +20,31 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from hpo.optimizer import Optimizer
+from learners import registry
 from learners.base import ModelInfo
 from learners.formats.export import load_model
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report
+from pipeline.job.calibrate import uniform_start
 from pipeline.job.resume import results_from_history
 from pipeline.job.search import SearchState, run_search, search_space
+from pipeline.job.settings import splits_for
 from pipeline.records import storage
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker
-from pipeline.spec import JobSpec, parse
+from pipeline.spec import JobSpec
 
 
 @task(name="prepare-baseline", cache_policy=NONE)
-def prepare_baseline(spec_data: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    return baseline_mod.prepare(parse(spec_data), Path(out_dir), log=_log).to_dict()
+def prepare_baseline(spec: JobSpec, out_dir: str) -> dict[str, Any]:
+    device = runners.device_here(spec.device, slot=0)
+    return baseline_mod.prepare(spec, Path(out_dir), device, log=_log).to_dict()
 
 
 @task(name="evaluate-candidate", cache_policy=NONE, task_run_name="round-{round_index}")
 def evaluate_candidate(
-    spec_data: dict[str, Any],
+    spec: JobSpec,
     baseline_uri: str,
     baseline_bytes: int,
     params: dict[str, Any],
@@ -43,9 +52,10 @@ def evaluate_candidate(
     workdir: str,
 ) -> dict[str, Any]:
     # Picked where the task runs: one GPU per Dask worker (per round in a thread pool).
-    device = runners.candidate_device(spec_data["device"], round_index)
-    spec_data = {**spec_data, "device": device}
-    return candidate.evaluate(spec_data, baseline_uri, baseline_bytes, params, round_index, workdir)
+    device = runners.device_here(spec.device, slot=round_index)
+    return candidate.evaluate(
+        spec, device, baseline_uri, baseline_bytes, params, round_index, workdir
+    )
 
 
 def _log(message: str) -> None:
@@ -120,9 +130,8 @@ def describe(r: CandidateResult, feasible: bool) -> str:
 
 
 @flow(name="compress", log_prints=False)
-def compress(spec_data: dict[str, Any], resume_run_id: str | None = None) -> dict[str, Any]:
+def compress(spec: JobSpec, resume_run_id: str | None = None) -> dict[str, Any]:
     """Search for the most accurate compressed model meeting the job's target."""
-    spec = parse(spec_data)
     with staged_output(spec) as out_dir, runners.started(spec.runner, spec.budget.batch) as pool:
         return run_job(spec, out_dir, pool, resume_run_id)
 
@@ -130,10 +139,10 @@ def compress(spec_data: dict[str, Any], resume_run_id: str | None = None) -> dic
 def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) -> dict[str, Any]:
     """The job inside the flow: baseline, search with candidates on ``pool`` (a started
     Prefect task runner), report."""
-    spec_data = spec.to_dict()
+    spec_data = spec.to_dict()  # for the records: job.json and the parent run's params
     (out_dir / "job.json").write_text(json.dumps(spec_data, indent=2))
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
-    base = baseline_mod.Baseline(**prepare_baseline(spec_data, str(out_dir)))
+    base = baseline_mod.Baseline(**prepare_baseline(spec, str(out_dir)))
     _log(
         f"baseline: val acc {base.accuracy:.4f}, {base.latency_ms:.2f} ms/batch on "
         f"{spec.target.runtime}, {base.flops:,} FLOPs, {base.params:,} params, {base.bytes:,} bytes"
@@ -149,7 +158,7 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
     )
     failed = True
     try:
-        splits = baseline_mod.splits_for(spec)
+        splits = splits_for(spec)
         info = ModelInfo(load_model(base.model_path), splits.example_inputs())
         dims = search_space(spec, info)
         rounds = spec.budget.rounds or 30
@@ -175,7 +184,7 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
                 pool.submit(
                     evaluate_candidate,
                     {
-                        "spec_data": spec_data,
+                        "spec": spec,
                         "baseline_uri": base.model_path,
                         "baseline_bytes": base.bytes,
                         "params": p,
@@ -207,9 +216,6 @@ def _seed_with_fixed_rule(spec: JobSpec, optimizer: Optimizer, info, base, out_d
     """Start a plain channel-pruning search from the best single uniform ratio."""
     if spec.learners != ["channel"]:
         return
-    from learners import registry
-    from pipeline.job.calibrate import uniform_start
-
     learner = registry.get("channel", **spec.learner_options.get("channel", {}))
     start = uniform_start(spec, learner, info, base.bytes, out_dir / "calibration", log=_log)
     if start is not None:

@@ -15,11 +15,12 @@ import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pipeline.spec import Runner
+import torch
 
+from pipeline.job import candidate  # noqa: F401  (imported by Dask workers via preload)
+from pipeline.spec import Runner
 
 _TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
@@ -93,11 +94,10 @@ def preload_workers(client: Any) -> None:
 
 
 def preload() -> None:
-    """Import what a candidate needs (run in each Dask worker when the cluster starts)."""
+    """Import what a candidate needs (run in each Dask worker when the cluster starts:
+    unpickling this function imports this module and with it the job's steps)."""
     import onnxruntime  # noqa: F401
     import torch.onnx  # noqa: F401
-
-    import pipeline.flows  # noqa: F401
 
 
 def worker_slot(default: int) -> int:
@@ -130,16 +130,15 @@ def pick_device(requested: str, slot: int, cuda_count: int) -> str:
     return f"cuda:{slot % cuda_count}"
 
 
-def candidate_device(requested: str, round_index: int) -> str:
-    """The device for one candidate on this worker, made torch's current CUDA device so
-    that latency timing (and its ``cuda.synchronize``) uses the same GPU. Outside Dask the
-    round number is the slot: a thread pool's candidates spread over the GPUs."""
+def device_here(requested: str, slot: int) -> str:
+    """The one place a device is decided, where a task runs: ``cpu`` or ``cuda:i`` (made
+    torch's current CUDA device, so latency timing and its ``cuda.synchronize`` use the
+    same GPU). ``slot`` is the Dask worker's index, or outside Dask the caller's (the
+    round number: a thread pool's candidates spread over the GPUs)."""
     if requested == "cpu":
         return "cpu"
-    import torch
-
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = pick_device(requested, worker_slot(round_index), count)
+    device = pick_device(requested, worker_slot(slot), count)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     return device

@@ -14,6 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from learners import registry
+from learners.chain import validate_chain
+from pipeline.sources.zoo import names
+
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda")
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
@@ -134,8 +138,6 @@ class Model(_Strict):
     @field_validator("source")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from pipeline.sources.zoo import names
-
         if v in names() or _FACTORY.match(v) or v.startswith(("s3://", "models:/")):
             return v
         if Path(v).is_file():
@@ -204,8 +206,6 @@ class JobSpec(_Strict):
     @field_validator("learners")
     @classmethod
     def _known_learners(cls, v: list[str]) -> list[str]:
-        from learners import registry
-
         known = registry.known()
         for name in v:
             if name not in known:
@@ -243,8 +243,6 @@ class JobSpec(_Strict):
 def _check_chain(names: list[str], runtimes: list[str], options: dict[str, dict[str, Any]]) -> None:
     """Chain rules that the learners themselves declare (learners.chain), checked with
     the options the job will build them with, on every runtime the target names."""
-    from learners.chain import validate_chain
-
     for runtime in runtimes:
         validate_chain(list(names), runtime=runtime, options=options)
 

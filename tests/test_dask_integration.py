@@ -84,7 +84,7 @@ def test_dask_workers_keep_the_same_books_as_one_at_a_time(tmp_path, real_server
         dask_runs = [
             fr
             for fr in client.read_flow_runs()
-            if fr.parameters.get("spec_data", {}).get("name") == "dask"
+            if fr.parameters.get("spec", {}).get("name") == "dask"
         ]
         assert len(dask_runs) == 1 and dask_runs[0].state.is_completed()
         tasks = client.read_task_runs(

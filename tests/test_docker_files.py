@@ -110,7 +110,7 @@ def test_deployments_point_at_the_compress_flow_and_at_declared_pools():
     data = project()
     pools = {p["name"]: p for p in data["work_pools"]}
     assert {p["type"] for p in pools.values()} == {"process", "kubernetes"}
-    assert list(inspect.signature(compress.fn).parameters)[0] == "spec_data"
+    assert list(inspect.signature(compress.fn).parameters)[0] == "spec"
     assert data["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == (
         "{{ $COMPRESSFLOW_HOME }}"
     )
@@ -141,7 +141,7 @@ def test_the_nightly_deployment_is_a_valid_job_on_a_cron_schedule():
 
     nightly = next(d for d in project()["deployments"] if d["name"] == "nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
-    text = json.dumps(nightly["parameters"]["spec_data"])
+    text = json.dumps(nightly["parameters"]["spec"])
     text = text.replace("{{ $MLFLOW_TRACKING_URI }}", "http://mlflow:5000")
     text = text.replace("{{ $COMPRESSFLOW_OUTPUT }}", "s3://compressflow/nightly")
     spec = parse(json.loads(text))

@@ -160,24 +160,25 @@ def two_gpus(monkeypatch):
 
 
 def test_a_candidate_trains_and_is_timed_on_its_gpu(two_gpus):
-    assert runners.candidate_device("auto", round_index=5) == "cuda:1"
+    assert runners.device_here("auto", slot=5) == "cuda:1"
     # Made torch's current device, so "cuda" timing and synchronize use the same GPU.
     assert two_gpus == ["cuda:1"]
-    assert runners.candidate_device("cpu", round_index=5) == "cpu" and two_gpus == ["cuda:1"]
+    assert runners.device_here("cpu", slot=5) == "cpu" and two_gpus == ["cuda:1"]
 
 
 def test_the_candidate_task_hands_the_picked_device_to_the_candidate(two_gpus, monkeypatch):
     seen = {}
 
-    def fake_evaluate(spec_data, *args):
-        seen.update(device=spec_data["device"], round=args[3])
+    def fake_evaluate(spec, device, *args):
+        seen.update(spec=spec, device=device, round=args[3])
         return {}
 
     monkeypatch.setattr(flows.candidate, "evaluate", fake_evaluate)
-    spec_data = parse({**TARGET, "device": "cuda"}).to_dict()
-    flows.evaluate_candidate.fn(spec_data, "baseline.pt", 1, {}, 4, "work")
-    assert seen == {"device": "cuda:0", "round": 4}
-    assert spec_data["device"] == "cuda"  # the job's own spec is left as it was
+    spec = parse({**TARGET, "device": "cuda"})
+    flows.evaluate_candidate.fn(spec, "baseline.pt", 1, {}, 4, "work")
+    # The same spec object (never re-parsed), and the device picked where the task ran.
+    assert seen == {"spec": spec, "device": "cuda:0", "round": 4} and seen["spec"] is spec
+    assert spec.device == "cuda"  # the job's own spec is left as it was
 
 
 def test_inside_a_prefect_task_on_dask_the_slot_is_the_workers(prefect_harness):

@@ -50,7 +50,7 @@ def nightly_params(stack) -> str:
         "tracking": {"uri": stack.mlflow.uri, "experiment": "nightly"},
         "output": f"s3://{stack.bucket}/nightly",
     }
-    return json.dumps({"spec_data": spec})
+    return json.dumps({"spec": spec})
 
 
 def test_the_scheduler_starts_a_nightly_run_that_the_worker_completes(stack, worker):

@@ -129,7 +129,7 @@ def test_a_failed_run_makes_submit_exit_non_zero(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "Traceback: boom" in out
     assert "flow run failing: Failed (Flow run encountered an exception)" in out
-    assert server.parameters["spec_data"]["model"]["source"] == "tests.helpers:tiny_cnn"
+    assert server.parameters["spec"]["model"]["source"] == "tests.helpers:tiny_cnn"
 
 
 def test_deploy_knows_what_each_deployment_needs(monkeypatch):

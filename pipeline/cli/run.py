@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        summary = compress(spec.to_dict(), resume_run_id=args.resume)
+        summary = compress(spec, resume_run_id=args.resume)
     except (DataSourceError, ModelSourceError, StorageError, RunnerError) as err:
         raise UserError(str(err)) from None
     print()

@@ -2,9 +2,9 @@
 deployment's work pool runs it (the team / cluster path; ``run`` is the local one).
 
 The job is validated here, before it is queued, with the same flags and file as ``run``;
-the flow run gets it as its ``spec_data`` parameter. The server is the one named by
-PREFECT_API_URL; without one, Prefect would quietly start a temporary local API, which
-no worker watches, so that is refused.
+the flow run gets it as its ``spec`` parameter (Prefect validates it into a JobSpec on the
+worker). The server is the one named by PREFECT_API_URL; without one, Prefect would
+quietly start a temporary local API, which no worker watches, so that is refused.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def submit(args: argparse.Namespace) -> int:
         deployment = find_deployment(client, name, url)
         run = client.create_flow_run_from_deployment(
             deployment.id,
-            parameters={"spec_data": spec.to_dict()},
+            parameters={"spec": spec.to_dict()},
             name=spec.job_name,
             tags=["compressflow"],
         )

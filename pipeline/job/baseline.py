@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-from learners.finetune import TrainSettings, train_
+from learners.finetune import train_
 from learners.formats import export
 from pipeline import measure
-from pipeline.job.candidate import latency_settings, resolve_device
-from pipeline.sources.data import Splits, load_splits
+from pipeline.job.settings import latency_settings, pretrain_settings, splits_for
 from pipeline.sources.models import build_model
 from pipeline.spec import JobSpec
 
@@ -35,12 +34,8 @@ class Baseline:
         return asdict(self)
 
 
-def splits_for(spec: JobSpec) -> Splits:
-    d = spec.data
-    return load_splits(d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed)
-
-
-def prepare(spec: JobSpec, out_dir: Path, log=print) -> Baseline:
+def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Baseline:
+    """Build (and train, without weights, on ``device``), save and measure the baseline."""
     torch.manual_seed(spec.seed)
     splits = splits_for(spec)
     m = spec.model
@@ -51,11 +46,6 @@ def prepare(spec: JobSpec, out_dir: Path, log=print) -> Baseline:
     if not has_weights and spec.finetune.pretrain_epochs > 0:
         log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")
         train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
-        settings = TrainSettings(
-            epochs=spec.finetune.pretrain_epochs,
-            lr=spec.finetune.pretrain_lr,
-            weight_decay=spec.finetune.weight_decay,
-        )
         started = time.perf_counter()
 
         def progress(epoch: int, loss: float, val: float | None) -> None:
@@ -65,8 +55,8 @@ def prepare(spec: JobSpec, out_dir: Path, log=print) -> Baseline:
             model,
             train_loader,
             val_loader,
-            settings,
-            device=resolve_device(spec.device),
+            pretrain_settings(spec),
+            device=device,
             on_epoch=progress,
         )
         log(f"baseline trained in {time.perf_counter() - started:.0f} s")

@@ -18,6 +18,7 @@ from learners.base import ModelInfo
 from learners.channel import ChannelPruning
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.settings import latency_settings
 from pipeline.spec import JobSpec
 
 
@@ -34,13 +35,7 @@ def achieved(
         return baseline_bytes / measure.file_bytes(path)
     speedups = []
     for runtime in spec.target.runtimes:  # the worst runtime decides, as in the search
-        settings = measure.LatencySettings(
-            runtime=runtime,
-            batch_size=spec.measure.batch_size,
-            threads=spec.measure.threads,
-            warmup=2,
-            repeats=max(5, spec.measure.repeats // 2),
-        )
+        settings = latency_settings(spec, runtime, quick=True)
         timing = measure.compare_latency(baseline, candidate, example, settings, workdir)
         speedups.append(timing.speedup)
     return min(speedups)

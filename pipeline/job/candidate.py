@@ -1,8 +1,9 @@
 """One candidate: apply a learner chain to the baseline, fine-tune, export, measure.
 
-Inputs and outputs are plain, JSON-able values (the baseline travels as a file path or
-URI, never as a Python object), so a task runner can ship this function anywhere.
-A failure becomes a result with status "failed" and its error text: the search goes on.
+It takes the job's spec object (validated once, at the edge) and the device it runs on
+(decided where the task runs); the baseline travels as a file path or URI, never as a
+Python object, so a task runner can ship this function anywhere. A failure becomes a
+result with status "failed" and its error text: the search goes on.
 """
 
 from __future__ import annotations
@@ -15,49 +16,21 @@ from typing import Any
 
 import torch
 
-from hpo.space import split_namespace
-from learners import registry
 from learners.base import Context
 from learners.chain import apply_chain
-from learners.finetune import DistillSettings, TrainSettings, accuracy, make_finetune
+from learners.finetune import accuracy, make_finetune
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.settings import (
+    build_learners,
+    distill_settings,
+    latency_settings,
+    splits_for,
+    train_settings,
+)
 from pipeline.records import storage
 from pipeline.records.results import CandidateResult
-from pipeline.sources.data import load_splits
-from pipeline.spec import JobSpec, parse
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def train_settings(spec: JobSpec) -> TrainSettings:
-    f = spec.finetune
-    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay)
-
-
-def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings | None:
-    d = spec.distillation
-    if not d.enabled:
-        return None
-    from learners import distill
-
-    fixed = DistillSettings(temperature=d.temperature, alpha=d.alpha)
-    return distill.settings_from_params(split_namespace(params, distill.NAMESPACE), default=fixed)
-
-
-def latency_settings(spec: JobSpec, runtime: str | None = None) -> measure.LatencySettings:
-    m = spec.measure
-    return measure.LatencySettings(
-        runtime=runtime or spec.target.runtime,
-        batch_size=m.batch_size,
-        threads=m.threads,
-        warmup=m.warmup,
-        repeats=m.repeats,
-    )
+from pipeline.spec import JobSpec
 
 
 def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch.nn.Module | None:
@@ -68,31 +41,23 @@ def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch
     return export.load_model(storage.fetch(spec.distillation.teacher, cache))
 
 
-def build_learners(spec: JobSpec) -> list:
-    """The job's chain, each learner built with its options from the spec."""
-    return [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
-
-
 def evaluate(
-    spec_data: dict[str, Any],
+    spec: JobSpec,
+    device: str,
     baseline_uri: str,
     baseline_bytes: int,
     params: dict[str, Any],
     round_index: int,
     workdir: str,
 ) -> dict[str, Any]:
-    """Build, fine-tune and measure one candidate; returns ``CandidateResult.to_dict()``."""
+    """Build, fine-tune and measure one candidate on ``device``; returns
+    ``CandidateResult.to_dict()``."""
     started = time.perf_counter()
-    spec = parse(spec_data)
     result = CandidateResult(round=round_index, params=dict(params), learners=list(spec.learners))
     out = Path(workdir) / f"round-{round_index:03d}"
     try:
         torch.manual_seed(spec.seed + round_index)
-        device = resolve_device(spec.device)
-        d = spec.data
-        splits = load_splits(
-            d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed
-        )
+        splits = splits_for(spec)
         train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
         baseline = export.load_model(storage.fetch(baseline_uri, Path(workdir) / "cache"))
         teacher = load_teacher(spec, baseline, Path(workdir) / "cache")

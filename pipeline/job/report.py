@@ -11,8 +11,9 @@ from typing import Any
 
 from learners.formats import export
 from pipeline import measure
-from pipeline.job.baseline import Baseline, splits_for
+from pipeline.job.baseline import Baseline
 from pipeline.job.search import SearchState
+from pipeline.job.settings import latency_settings, splits_for
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker
 from pipeline.spec import JobSpec
@@ -24,13 +25,7 @@ def registered_name(spec: JobSpec) -> str:
 
 def onnx_speedup(baseline_onnx: str, best_onnx: str, spec: JobSpec, example) -> float:
     """The exported files timed against each other on onnxruntime, as a user would."""
-    settings = measure.LatencySettings(
-        runtime="onnxruntime-cpu",
-        batch_size=spec.measure.batch_size,
-        threads=spec.measure.threads,
-        warmup=spec.measure.warmup,
-        repeats=spec.measure.repeats,
-    )
+    settings = latency_settings(spec, "onnxruntime-cpu")
     base_ms, best_ms = measure.time_onnx_files(
         [Path(baseline_onnx), Path(best_onnx)], example, settings
     )

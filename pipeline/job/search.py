@@ -15,9 +15,10 @@ from typing import Any
 from hpo.objective import loss
 from hpo.optimizer import Optimizer
 from hpo.space import Dimension, namespaced
+from learners import distill
 from learners.base import ModelInfo
 from learners.chain import chain_space
-from pipeline.job.candidate import build_learners
+from pipeline.job.settings import build_learners
 from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
 
@@ -27,8 +28,6 @@ EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
     dims = chain_space(build_learners(spec), info)
     if spec.distillation.enabled and spec.distillation.search:
-        from learners import distill
-
         dims += namespaced(distill.NAMESPACE, distill.space())
     return dims
 

@@ -1,0 +1,60 @@
+"""The job spec's sections turned into the plain settings objects that learners/ and
+measure/ take, and the job's data splits: one place, so the baseline, the candidates,
+the calibration and the report read the spec the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpo.space import split_namespace
+from learners import distill, registry
+from learners.base import Learner
+from learners.finetune import DistillSettings, TrainSettings
+from pipeline import measure
+from pipeline.sources.data import Splits, load_splits
+from pipeline.spec import JobSpec
+
+
+def splits_for(spec: JobSpec) -> Splits:
+    """The job's train/validation/test splits (cached per process by the data source)."""
+    d = spec.data
+    return load_splits(d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed)
+
+
+def train_settings(spec: JobSpec) -> TrainSettings:
+    f = spec.finetune
+    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay)
+
+
+def pretrain_settings(spec: JobSpec) -> TrainSettings:
+    f = spec.finetune
+    return TrainSettings(epochs=f.pretrain_epochs, lr=f.pretrain_lr, weight_decay=f.weight_decay)
+
+
+def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings | None:
+    """Distillation for one candidate: the spec's settings, or the searched ones."""
+    d = spec.distillation
+    if not d.enabled:
+        return None
+    fixed = DistillSettings(temperature=d.temperature, alpha=d.alpha)
+    return distill.settings_from_params(split_namespace(params, distill.NAMESPACE), default=fixed)
+
+
+def latency_settings(
+    spec: JobSpec, runtime: str | None = None, quick: bool = False
+) -> measure.LatencySettings:
+    """How latency is timed on ``runtime`` (default: the target's); ``quick`` halves the
+    repeats, for calibration's many un-fine-tuned probes."""
+    m = spec.measure
+    return measure.LatencySettings(
+        runtime=runtime or spec.target.runtime,
+        batch_size=m.batch_size,
+        threads=m.threads,
+        warmup=2 if quick else m.warmup,
+        repeats=max(5, m.repeats // 2) if quick else m.repeats,
+    )
+
+
+def build_learners(spec: JobSpec) -> list[Learner]:
+    """The job's chain, each learner built with its options from the spec."""
+    return [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
