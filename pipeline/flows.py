@@ -33,7 +33,7 @@ from pipeline.job.settings import splits_for
 from pipeline.records import storage
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, parse
 
 
 @task(name="prepare-baseline", cache_policy=NONE)
@@ -129,9 +129,14 @@ def describe(r: CandidateResult, feasible: bool) -> str:
     )
 
 
-@flow(name="compress", log_prints=False)
-def compress(spec: JobSpec, resume_run_id: str | None = None) -> dict[str, Any]:
+# Prefect's own parameter validation would rebuild the JobSpec from its JSON form at every
+# call (running every validator again); the flow validates once itself instead: a spec
+# object passes through as it is, a mapping (a deployment's run) is parsed here.
+@flow(name="compress", log_prints=False, validate_parameters=False)
+def compress(spec: JobSpec | dict[str, Any], resume_run_id: str | None = None) -> dict[str, Any]:
     """Search for the most accurate compressed model meeting the job's target."""
+    if not isinstance(spec, JobSpec):
+        spec = parse(spec)
     with staged_output(spec) as out_dir, runners.started(spec.runner, spec.budget.batch) as pool:
         return run_job(spec, out_dir, pool, resume_run_id)
 
