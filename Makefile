@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Exact pins for this environment (the CPU torch wheel); pyproject.toml has only ranges.
+CONSTRAINTS ?= constraints/cpu.txt
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_UI_ENABLED := false
@@ -11,11 +13,11 @@ export DO_NOT_TRACK := 1
 
 .PHONY: demo test lint format typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned in pyproject.toml so pip takes the CPU wheel, not a CUDA build.
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The constraints pin torch to the local CPU wheel, not a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -35,12 +35,26 @@ class _Strict(BaseModel):
 
 
 class Target(_Strict):
-    speedup: float | None = None
-    compression: float | None = None
-    runtime: str = "torch-cpu"
+    speedup: float | None = Field(
+        default=None,
+        description="measured speedup to reach: baseline latency / candidate latency on "
+        "`runtime` (a factor > 1); give this or `compression`",
+    )
+    compression: float | None = Field(
+        default=None,
+        description="compression to reach: baseline deployable-file bytes / the candidate's "
+        "(a factor > 1); give this or `speedup`",
+    )
+    runtime: str = Field(
+        default="torch-cpu",
+        description="where latency is measured: torch-cpu, onnxruntime-cpu or cuda",
+    )
     # Further runtimes on which a candidate must also reach the speedup to count as
     # meeting the target (e.g. train on torch, ship on onnxruntime).
-    also_on: list[str] = Field(default_factory=list)
+    also_on: list[str] = Field(
+        default_factory=list,
+        description="further runtimes on which the speedup must also hold (speedup targets only)",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:
@@ -76,10 +90,17 @@ class Target(_Strict):
 
 class Budget(_Strict):
     rounds: int | None = Field(default=8, ge=1, description="candidates to evaluate at most")
-    minutes: float | None = Field(default=None, gt=0)
+    minutes: float | None = Field(
+        default=None, gt=0, description="time limit: no round starts once it is spent"
+    )
     patience: int = Field(default=4, ge=1, description="rounds without gain once target is met")
     batch: int = Field(default=1, ge=1, description="candidates proposed and run together")
-    initial_points: int | None = Field(default=None, ge=1)
+    initial_points: int | None = Field(
+        default=None,
+        ge=1,
+        description="random proposals before the optimiser follows its GP surrogate "
+        "(default: rounds / 3, between 2 and 5)",
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
@@ -89,34 +110,74 @@ class Budget(_Strict):
 
 
 class Finetune(_Strict):
-    pretrain_epochs: int = Field(default=15, ge=0)
-    epochs: int = Field(default=4, ge=0)
-    lr: float = Field(default=0.02, gt=0)
-    pretrain_lr: float = Field(default=0.1, gt=0)
-    weight_decay: float = Field(default=5e-4, ge=0)
-    batch_size: int = Field(default=64, ge=1)
+    pretrain_epochs: int = Field(
+        default=15, ge=0, description="epochs to train the baseline when it has no weights"
+    )
+    epochs: int = Field(default=4, ge=0, description="fine-tuning epochs for each candidate")
+    lr: float = Field(
+        default=0.02, gt=0, description="fine-tuning learning rate (SGD, cosine schedule)"
+    )
+    pretrain_lr: float = Field(
+        default=0.1,
+        gt=0,
+        description="learning rate for training the baseline (`pretrain_epochs`; only when "
+        "the model comes without weights)",
+    )
+    weight_decay: float = Field(
+        default=5e-4, ge=0, description="SGD weight decay, for pretraining and fine-tuning"
+    )
+    batch_size: int = Field(
+        default=64, ge=1, description="training batch size, for pretraining and fine-tuning"
+    )
 
 
 class Distillation(_Strict):
-    enabled: bool = False
-    temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.7, ge=0, le=1)
-    search: bool = False  # let the optimizer tune temperature and alpha
-    teacher: str | None = None  # a model source; the baseline when empty
+    enabled: bool = Field(default=False, description="distil every fine-tune from a teacher")
+    temperature: float = Field(default=4.0, gt=0, description="softmax temperature T")
+    alpha: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="weight of the soft (teacher) loss; cross-entropy gets 1 - alpha",
+    )
+    search: bool = Field(default=False, description="let the optimiser tune temperature and alpha")
+    teacher: str | None = Field(
+        default=None, description="a model source or file; the baseline when empty"
+    )
 
 
 class Measure(_Strict):
-    batch_size: int = Field(default=32, ge=1)
-    threads: int = Field(default=1, ge=1)
-    warmup: int = Field(default=3, ge=0)
-    repeats: int = Field(default=15, ge=3)
+    batch_size: int = Field(default=32, ge=1, description="batch size latency is timed at")
+    threads: int = Field(default=1, ge=1, description="intra-op threads while timing")
+    warmup: int = Field(default=3, ge=0, description="untimed runs before timing")
+    repeats: int = Field(default=15, ge=3, description="timed runs, interleaved; the median counts")
 
 
 class Data(_Strict):
-    source: str = "digits"
-    image_size: int | None = Field(default=None, ge=4)
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    source: str = Field(
+        default="digits",
+        description="digits, cifar10:<dir>, imagefolder:<dir> or package.module:callable "
+        "(returning train, val, test DataLoaders or a dict of them); a string `data` is "
+        "this field",
+    )
+    image_size: int | None = Field(
+        default=None,
+        ge=4,
+        description="square size images are resized to (default: 32; cifar10 files are "
+        "32x32 already); not used by package.module:callable sources",
+    )
+    val_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of the training data carved out (stratified) for the search reward",
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share held out for the final report when the source has no test split",
+    )
     limit: int | None = Field(default=None, ge=10, description="use at most this many samples")
 
     @field_validator("source")
@@ -131,9 +192,22 @@ class Data(_Strict):
 
 
 class Model(_Strict):
-    source: str = "resnet20"
-    options: dict[str, Any] = Field(default_factory=dict)
-    weights: str | None = None
+    source: str = Field(
+        default="resnet20",
+        description="zoo name, package.module:factory, model file, s3:// URI or "
+        "models:/<name>/<version|latest>; a string `model` is this field. A factory is "
+        "called with `options` as keyword arguments, plus `num_classes` (largest label + 1) "
+        "and `in_channels` (channels of one input) where its signature takes them (or "
+        "`**kwargs`) and `options` does not set them",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the zoo model or factory"
+    )
+    weights: str | None = Field(
+        default=None,
+        description="state dict (.safetensors or torch file, local or s3://) for the built "
+        "model; without it the baseline is trained first",
+    )
 
     @field_validator("source")
     @classmethod
@@ -150,17 +224,25 @@ class Model(_Strict):
 
 
 class Tracking(_Strict):
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "compressflow"
-    register_model: bool = True
+    uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI")
+    experiment: str = Field(default="compressflow", description="MLflow experiment name")
+    register_model: bool = Field(
+        default=True, description="register the winner in the MLflow model registry"
+    )
 
 
 class Runner(_Strict):
     """Where a batch of candidates runs: a thread pool, or Dask worker processes."""
 
-    kind: str = "threads"
-    workers: int | None = Field(default=None, ge=1, description="default: budget.batch")
-    address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
+    kind: str = Field(default="threads", description="threads or dask")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads, or local Dask worker processes (default: budget.batch)",
+    )
+    address: str | None = Field(
+        default=None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Runner:
@@ -177,21 +259,51 @@ class Runner(_Strict):
 
 
 class JobSpec(_Strict):
-    name: str | None = None
-    model: Model = Field(default_factory=Model)
-    data: Data = Field(default_factory=Data)
-    target: Target
-    learners: list[str] = Field(default_factory=lambda: ["channel"], min_length=1)
-    learner_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    budget: Budget = Field(default_factory=Budget)
-    finetune: Finetune = Field(default_factory=Finetune)
-    distillation: Distillation = Field(default_factory=Distillation)
-    measure: Measure = Field(default_factory=Measure)
-    tracking: Tracking = Field(default_factory=Tracking)
-    output: str = "compressflow-out"
-    device: str = "cpu"
-    runner: Runner = Field(default_factory=Runner)
-    seed: int = 0
+    name: str | None = Field(
+        default=None,
+        description="job name: the output folder, MLflow parent run and registered model "
+        "(default: derived from model and target)",
+    )
+    model: Model = Field(
+        default_factory=Model, description="the model to compress: a source, or these fields"
+    )
+    data: Data = Field(
+        default_factory=Data, description="training and evaluation data: a source, or these fields"
+    )
+    target: Target = Field(description="what the compressed model must reach, and where")
+    learners: list[str] = Field(
+        default_factory=lambda: ["channel"],
+        min_length=1,
+        description="compression learners, a chain applied in order (or a comma-separated string)",
+    )
+    learner_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each learner's config fields, by learner name (README 'Learners')",
+    )
+    budget: Budget = Field(default_factory=Budget, description="when the search stops")
+    finetune: Finetune = Field(
+        default_factory=Finetune, description="baseline training and candidate fine-tuning"
+    )
+    distillation: Distillation = Field(
+        default_factory=Distillation, description="knowledge distillation while fine-tuning"
+    )
+    measure: Measure = Field(
+        default_factory=Measure, description="how latency is timed (same for every candidate)"
+    )
+    tracking: Tracking = Field(default_factory=Tracking, description="where MLflow records the job")
+    output: str = Field(
+        default="compressflow-out",
+        description="folder or s3:// URI; results go to <output>/<job name>",
+    )
+    device: str = Field(
+        default="cpu", description="where training runs: auto, cpu, cuda or cuda:<index>"
+    )
+    runner: Runner = Field(default_factory=Runner, description="where a batch of candidates runs")
+    seed: int = Field(
+        default=0,
+        description="seed for the splits, baseline training and optimiser; round i "
+        "fine-tunes with seed + i",
+    )
 
     @field_validator("model", "data", mode="before")
     @classmethod
