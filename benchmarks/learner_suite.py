@@ -47,9 +47,10 @@ from learners.finetune import DistillSettings, TrainSettings, accuracy, make_fin
 from learners.formats import export
 from learners.formats.onnx_module import OnnxModule
 from learners.formats.packed import PackedModel, TensorCodec
+from learners.int8 import Int8
 from learners.nonuniform import NonUniformQuantization
+from learners.qat import Qat
 from learners.sparsity import Sparsity, density
-from learners.uniform import UniformQuantization
 from pipeline import measure
 from pipeline.sources.data import Splits, load_splits
 from pipeline.sources.zoo import build
@@ -119,7 +120,7 @@ def int8_section(b: Bench) -> list[dict[str, Any]]:
     variants = [("qoperator", "minmax"), ("qdq", "minmax"), ("qoperator", "percentile")]
     candidates = []
     for fmt, calib in variants:
-        learner = UniformQuantization(quant_format=fmt, calibrations=(calib,))
+        learner = Int8(quant_format=fmt, calibrations=(calib,))
         q = learner.compress(b.model, {"calibration": calib}, b.ctx(0))
         assert isinstance(q, OnnxModule)
         candidates.append(q)
@@ -238,7 +239,7 @@ def qat_section(b: Bench, epochs: int) -> list[dict[str, Any]]:
     rows = []
     for bits, n_epochs in ((8, 0), (4, epochs)):
         torch.manual_seed(0)
-        out = UniformQuantization(mode="qat", bits=bits).compress(b.model, {}, b.ctx(n_epochs))
+        out = Qat(bits=bits).compress(b.model, {}, b.ctx(n_epochs))
         size = b.deployable_bytes(out, f"qat-w{bits}")
         rows.append(
             {

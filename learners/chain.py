@@ -1,13 +1,16 @@
 """Chains of learners: which orders make sense, and applying one.
 
-A candidate may pass through several learners, e.g. channel -> uniform (int8), or
-sparsity -> nonuniform (Deep Compression: prune, share weights, Huffman-code). Order
-matters: structure changes come first, then weight sparsity, then one quantiser, because
+A candidate may pass through several learners, e.g. channel -> int8, or sparsity ->
+nonuniform (Deep Compression: prune, share weights, Huffman-code). The rules come from
+what each learner declares (``learners.base``), so a third-party learner is checked like a
+built-in one:
 
-- a quantiser's output is no longer float weights (``uniform`` int8 is an onnxruntime
-  graph, ``uniform`` qat and ``nonuniform`` hold codes or codebooks) and a later learner
-  that edits or trains float weights would undo or break that;
-- structured pruning after sparsification would cut through the sparse codecs' layout.
+- a chain never goes back to a lower ``stage`` (structure changes, then weight sparsity,
+  then quantisation): structured pruning after sparsification would cut through the
+  sparse codecs' layout;
+- a learner with ``keeps_float`` False (an int8 graph, b-bit codes, codebook indices) comes
+  last: a later learner that edits or trains float weights would undo or break its output;
+- every learner's ``runtimes`` (None: any) include the target runtime.
 
 ``validate_chain`` is called once, at the edge (the job spec), with a message that says
 what is wrong and what would be valid.
@@ -21,15 +24,8 @@ from typing import Any
 from torch import nn
 
 from hpo.space import Dimension, namespaced, split_namespace
-from learners.base import Context, Learner, ModelInfo
-
-# Stage of each built-in learner: a chain must not go back to a lower stage.
-STAGES = {"channel": 0, "sparsity": 1, "uniform": 2, "nonuniform": 2}
-QUANTIZERS = ("uniform", "nonuniform")  # their output is not float weights: nothing follows
-STAGE_WHY = {
-    0: "structure changes (channel pruning) come first",
-    1: "weight sparsity comes after structure changes and before quantisation",
-}
+from learners.base import STAGE_WHY, Context, Learner, ModelInfo
+from learners.registry import get, known
 
 
 def validate_chain(
@@ -39,16 +35,15 @@ def validate_chain(
 ) -> None:
     """Raise ValueError, naming the problem and the valid alternatives, for a bad chain.
 
-    With ``runtime``, each learner (built with its ``options``, as the job will build it)
-    that declares ``runtimes`` must list it: an int8 onnxruntime graph cannot be timed on
-    torch-cpu. Without ``options`` learners are checked in their default configuration.
+    Each learner is built with its ``options`` (its config's fields), as the job will
+    build it; without ``options`` learners are checked in their default configuration.
+    With ``runtime``, each learner's declared ``runtimes`` must include it: an int8
+    onnxruntime graph cannot be timed on torch-cpu.
     """
-    from learners.registry import get, known
-
     names = list(names)
-    if not names:
-        raise ValueError(f"a learner chain needs at least one learner; known: {', '.join(known())}")
     available = known()
+    if not names:
+        raise ValueError(f"a chain needs at least one learner; known: {', '.join(available)}")
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(
@@ -61,49 +56,63 @@ def validate_chain(
             f"learner {', '.join(map(repr, repeated))} appears more than once in chain "
             f"{','.join(names)}; each learner may be used once"
         )
-    for i, name in enumerate(names):
-        later = names[i + 1 :]
-        if name in QUANTIZERS and later:
+    learners = [get(n, **dict((options or {}).get(n, {}))) for n in names]
+    check_order(learners)
+    if runtime is not None:
+        check_runtime(learners, runtime)
+
+
+def check_order(learners: Sequence[Learner]) -> None:
+    """Raise ValueError if a learner follows one whose output is not float weights, or
+    one of a later stage."""
+    chain = ",".join(learner.name for learner in learners)
+    valid = ",".join(learner.name for learner in sorted(learners, key=_rank))
+    for i, learner in enumerate(learners):
+        later = learners[i + 1 :]
+        if later and not learner.keeps_float:
+            nxt = later[0]
+            if not nxt.keeps_float:
+                raise ValueError(
+                    f"only one quantiser per chain, got {learner.name!r} and {nxt.name!r} in "
+                    f"{chain}: neither outputs float weights the other could take"
+                )
             raise ValueError(
-                f"{later[0]!r} cannot follow {name!r} in chain {','.join(names)}: {name!r} "
-                f"outputs quantised weights ({_quantized_output(name)}) and {later[0]!r} "
-                "needs float weights; put the quantiser last, e.g. "
-                f"{','.join([*[n for n in names if n != name], name])}"
-                if later[0] not in QUANTIZERS
-                else f"only one quantiser per chain, got {name!r} and {later[0]!r} in "
-                f"{','.join(names)}"
+                f"{nxt.name!r} cannot follow {learner.name!r} in chain {chain}: "
+                f"{learner.name!r} does not output float weights and {nxt.name!r} needs "
+                f"them; put {learner.name!r} last, e.g. {valid}"
             )
         for nxt in later:
-            if name in STAGES and nxt in STAGES and STAGES[nxt] < STAGES[name]:
+            if nxt.stage < learner.stage:
+                why = STAGE_WHY.get(nxt.stage, f"stage {nxt.stage} comes before {learner.stage}")
                 raise ValueError(
-                    f"{nxt!r} cannot follow {name!r} in chain {','.join(names)}: "
-                    f"{STAGE_WHY[STAGES[nxt]]}; order as "
-                    f"{','.join(sorted(names, key=lambda n: STAGES.get(n, 1)))}"
+                    f"{nxt.name!r} cannot follow {learner.name!r} in chain {chain}: {why}; "
+                    f"order as {valid}"
                 )
-    if runtime is None:
-        return
-    for name in names:
-        learner = get(name, **dict((options or {}).get(name, {})))
-        allowed = getattr(learner, "runtimes", None)
-        if allowed and runtime not in allowed:
-            hint = (
-                "; or quantisation-aware training, which runs anywhere: "
-                "learner_options: {uniform: {mode: qat}}"
-                if name == "uniform"
-                else ""
-            )
-            raise ValueError(
-                f"learner {name!r} as configured runs only on {', '.join(allowed)}, but the "
-                f"target runtime is {runtime!r}: set target.runtime to "
-                f"{allowed[0]!r}{hint}"
-            )
 
 
-def _quantized_output(name: str) -> str:
-    return {
-        "uniform": "an int8 onnxruntime graph, or b-bit codes in qat mode",
-        "nonuniform": "codebook indices",
-    }[name]
+def check_runtime(learners: Sequence[Learner], runtime: str) -> None:
+    """Raise ValueError if a learner cannot be timed on ``runtime``, naming the runtime it
+    needs and the learners of the same stage that would run there."""
+    for learner in learners:
+        allowed = learner.runtimes
+        if allowed is None or runtime in allowed:
+            continue
+        others = [get(n) for n in known() if n != learner.name]
+        alternatives = [
+            o.name
+            for o in others
+            if o.stage == learner.stage and (o.runtimes is None or runtime in o.runtimes)
+        ]
+        hint = f"; or use the {' or '.join(alternatives)} learner" if alternatives else ""
+        raise ValueError(
+            f"learner {learner.name!r} as configured runs only on {', '.join(allowed)}, but "
+            f"the target runtime is {runtime!r}: set target.runtime to {allowed[0]!r}{hint}"
+        )
+
+
+def _rank(learner: Learner) -> tuple[int, bool]:
+    """Sort key of a valid order: by stage, float-keeping learners first within one."""
+    return int(learner.stage), not learner.keeps_float
 
 
 def chain_space(learners: Sequence[Learner], info: ModelInfo) -> list[Dimension]:
@@ -118,7 +127,7 @@ def apply_chain(
     learners: Sequence[Learner], model: nn.Module, params: dict[str, Any], ctx: Context
 ) -> nn.Module:
     """Run each learner on the previous one's output, with its own (un-prefixed) params."""
-    validate_chain([learner.name for learner in learners])
+    check_order(learners)
     for learner in learners:
         model = learner.compress(model, split_namespace(params, learner.name), ctx)
     return model

@@ -4,7 +4,7 @@ The result is a physically smaller network (fewer filters, narrower BatchNorms a
 downstream inputs), not a mask. The optimiser tunes a pruning ratio per stage (top-level
 child module) or per layer, and the importance criterion; the pruned model is then
 fine-tuned with the shared loop. The pruning history is recorded so it replays onto a
-fresh copy of the baseline (``replay``).
+fresh copy of the baseline (``ChannelPruning.replay``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from hpo.space import Categorical, Dimension, Real
 from learners import channel_ops
-from learners.base import Context, ModelInfo
+from learners.base import Context, LearnerDefaults, ModelInfo
 from learners.finetune import finish_finetune_
 
 IMPORTANCES = {
@@ -47,6 +47,7 @@ class ChannelConfig:
             raise ValueError(
                 f"need 0 <= min_ratio < max_ratio < 1, got {self.min_ratio}, {self.max_ratio}"
             )
+        object.__setattr__(self, "importances", tuple(self.importances))  # JSON gives lists
         unknown = set(self.importances) - set(IMPORTANCES)
         if unknown or not self.importances:
             raise ValueError(
@@ -85,7 +86,10 @@ def prunable_units(model: nn.Module, example_inputs: torch.Tensor, granularity: 
     return units
 
 
-class ChannelPruning:
+class ChannelPruning(LearnerDefaults):
+    """Learner ``channel``: a structure learner (first in a chain) with float output that
+    runs anywhere (the ``LearnerDefaults``)."""
+
     name = "channel"
 
     def __init__(self, config: ChannelConfig | None = None, **options: Any) -> None:
@@ -147,13 +151,13 @@ class ChannelPruning:
         finish_finetune_(pruned, ctx.finetune(pruned), ctx, self.name, recalibrate_bn=False)
         return pruned
 
-
-def replay(model: nn.Module, history: list, example_inputs: torch.Tensor) -> nn.Module:
-    """Apply a recorded pruning history to a deep copy of ``model`` (same architecture)."""
-    model = copy.deepcopy(model).eval()
-    graph = channel_ops.dependency_graph(model, example_inputs)
-    graph.load_pruning_history([(n, out, idx) for n, out, idx in history])
-    return model
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
+        """Apply the recorded pruning history to a deep copy of ``model`` (the same
+        architecture; traced on ``ctx.example_inputs``)."""
+        model = copy.deepcopy(model).eval()
+        graph = channel_ops.dependency_graph(model, ctx.example_inputs)
+        graph.load_pruning_history([(n, out, idx) for n, out, idx in record["history"]])
+        return model
 
 
 LEARNER = ChannelPruning

@@ -10,6 +10,7 @@ depend on the channel count, so a channel-pruned student still matches its teach
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -117,6 +118,11 @@ def recalibrate_batchnorm_(
         m.momentum = momentum
     model.train(was_training)
     return used
+
+
+def calibration_batches(ctx: Context, n: int) -> list[torch.Tensor]:
+    """The inputs of the first ``n`` training batches (for calibrating quantisers)."""
+    return [x for x, *_ in itertools.islice(ctx.train_loader, n)]
 
 
 def finish_finetune_(

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from hpo.space import Categorical, Dimension
-from learners.base import Context, ModelInfo
+from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.bitwidth import (
     bit_dimensions,
     check_bit_settings,
@@ -184,10 +184,12 @@ def codebook_codecs(
     return out
 
 
-class NonUniformQuantization:
+class NonUniformQuantization(LearnerDefaults):
     """Learner ``nonuniform``: k-means weight sharing, codebook fine-tuning, Huffman."""
 
     name = "nonuniform"
+    stage: ClassVar[Stage] = Stage.QUANTIZATION
+    keeps_float: ClassVar[bool] = False  # codebook indices: a later learner would undo them
 
     def __init__(self, config: NonUniformConfig | None = None, **options: Any) -> None:
         self.config = config or NonUniformConfig(**options)
@@ -221,17 +223,17 @@ class NonUniformQuantization:
         }
         return PackedModel(dense.eval(), codebook_codecs(bits, codecs, c.huffman))
 
-
-def replay(model: nn.Module, record: dict[str, Any], seed: int = 0) -> PackedModel:
-    """k-means weight sharing of a copy of ``model`` with the recorded per-layer bits and
-    initialisation (no codebook fine-tuning: the trained codebooks are in the file)."""
-    config = NonUniformConfig(**{**record["config"], "inits": tuple(record["config"]["inits"])})
-    inner, codecs = unwrap(model)
-    dense = copy.deepcopy(inner).eval()
-    bits = {n: int(b) for n, b in record["bits"].items()}
-    share_weights_(dense, bits, record["init"], codecs, config.iterations, seed)
-    bake_(dense, list(bits))
-    return PackedModel(dense, codebook_codecs(bits, codecs, config.huffman))
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
+        """k-means weight sharing of a copy of ``model`` with the recorded per-layer bits
+        and initialisation, seeded by ``ctx.seed`` (no codebook fine-tuning: the trained
+        codebooks are in the file)."""
+        config = NonUniformConfig(**record["config"])
+        inner, codecs = unwrap(model)
+        dense = copy.deepcopy(inner).eval()
+        bits = {n: int(b) for n, b in record["bits"].items()}
+        share_weights_(dense, bits, record["init"], codecs, config.iterations, ctx.seed)
+        bake_(dense, list(bits))
+        return PackedModel(dense, codebook_codecs(bits, codecs, config.huffman))
 
 
 LEARNER = NonUniformQuantization

@@ -1,16 +1,19 @@
-"""Quantisation-aware training: b-bit weights (2..8, per layer), 8-bit activations.
+"""Learner ``qat``: quantisation-aware training, b-bit weights (2..8, per layer), 8-bit
+activations.
 
 Weights are fake-quantised symmetrically per output channel, w_q = s * round(w / s) with
 s = max|w| / (2^(b-1) - 1), and trained through the straight-through estimator (the
 forward sees w_q, the gradient flows to w as if rounding were the identity). The input of
 every quantised layer goes through an 8-bit affine fake quantiser whose range is
-calibrated on training batches and then tracked by a moving average while training.
+calibrated on training batches and then tracked by a moving average while training. Bits
+are fixed, or searched globally or per layer and lowered to an average-bit budget.
 
 ``convert_`` freezes the result: each weight becomes exactly ``codes * scale`` and the
 scale is kept as the buffer ``weight_scale``, so a packed file of b-bit codes (see
 ``learners.formats.packed``) decodes to the very same tensors. Zeros of a sparse weight stay
 zero (the mask is held). On CPU this saves bytes, not time: the fake quantisers make the
-float model slightly slower; real int8 kernels are the ``uniform`` learner's int8 mode.
+float model slightly slower; real int8 kernels are the ``int8`` learner. The weights are
+b-bit codes, so nothing that edits float weights may follow this learner in a chain.
 
 Do not deep-copy a model between ``prepare_`` and ``convert_``: torch's parametrised
 modules share their generated class with the copy, and removing the parametrisation from
@@ -19,14 +22,28 @@ one breaks the other. The learner copies the float model first, then prepares th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learners.bitwidth import first_parametrization, layer_weight, weight_layers
-from learners.formats.packed import TensorCodec
+from hpo.space import Dimension
+from learners.base import Context, LearnerDefaults, ModelInfo, Stage
+from learners.bitwidth import (
+    average_bits,
+    bit_dimensions,
+    check_bit_settings,
+    first_parametrization,
+    layer_bits,
+    layer_weight,
+    weight_layers,
+)
+from learners.finetune import calibration_batches, finish_finetune_
+from learners.formats.packed import PackedModel, TensorCodec, unwrap
 
 ACT_BITS = 8
 
@@ -171,3 +188,95 @@ def convert_(
             sparse=sparse, values="uniform", bits=b, scale=f"{name}.weight_scale", huffman=huffman
         )
     return codecs
+
+
+def sparse_masks(
+    model: nn.Module, names: Iterable[str], codecs: Mapping[str, TensorCodec]
+) -> dict[str, torch.Tensor]:
+    """Non-zero masks of the named layers that an earlier learner stores sparse, so that
+    quantisation keeps their pruned weights at exactly zero (``prepare_`` takes them)."""
+    layers = dict(weight_layers(model))
+    return {
+        n: layer_weight(layers[n]).detach() != 0
+        for n in names
+        if codecs.get(f"{n}.weight") is not None and codecs[f"{n}.weight"].sparse
+    }
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """bits fixed, or searched globally / per layer (``granularity``) in [min_bits,
+    max_bits] and lowered to an ``avg_bits`` budget; huffman codes the weight codes;
+    calibration_batches of training data set the activation ranges; exclude names layers
+    left in float; recalibrate_bn re-estimates BatchNorm statistics for the final
+    quantised weights."""
+
+    bits: int | None = None
+    min_bits: int = 2
+    max_bits: int = 8
+    granularity: str = "layer"
+    avg_bits: float | None = None
+    huffman: bool = False
+    calibration_batches: int = 8
+    exclude: tuple[str, ...] = ()
+    recalibrate_bn: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        check_bit_settings(self, lowest=2)
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Qat(LearnerDefaults):
+    """Learner ``qat``: b-bit fake-quant training; the file packs each code in b bits."""
+
+    name = "qat"
+    stage: ClassVar[Stage] = Stage.QUANTIZATION
+    keeps_float: ClassVar[bool] = False  # b-bit codes: a later learner would undo them
+
+    def __init__(self, config: QatConfig | None = None, **options: Any) -> None:
+        self.config = config or QatConfig(**options)
+
+    def space(self, info: ModelInfo) -> list[Dimension]:
+        return bit_dimensions(self.config, info.model)
+
+    def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
+        c = self.config
+        inner, codecs = unwrap(model)
+        q = copy.deepcopy(inner).eval()
+        sizes = {n: layer_weight(m).numel() for n, m in weight_layers(q, c.exclude)}
+        bits = layer_bits(c, params, sizes)
+        prepare_(q, bits, sparse_masks(q, bits, codecs))
+        calibrate_(q, calibration_batches(ctx, c.calibration_batches))
+        try:
+            curve = ctx.finetune(q)
+        finally:
+            new = convert_(q, bits, huffman=c.huffman)
+        recalibrated = finish_finetune_(q, curve, ctx, self.name, c.recalibrate_bn)
+        ctx.records[self.name] = {
+            "config": c.to_dict(),
+            "params": dict(params),
+            "bits": bits,
+            "avg_bits": average_bits(bits, sizes),
+            "act_bits": ACT_BITS,
+            "bn_recalibration_batches": recalibrated,
+        }
+        return PackedModel(q.eval(), {**codecs, **new})
+
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
+        """Quantise a copy of ``model`` to the recorded bits, without training, with
+        activation ranges calibrated on the first batches of ``ctx.train_loader``."""
+        config = QatConfig(**record["config"])
+        inner, codecs = unwrap(model)
+        q = copy.deepcopy(inner).eval()
+        bits = {n: int(b) for n, b in record["bits"].items()}
+        prepare_(q, bits, sparse_masks(q, bits, codecs))
+        calibrate_(q, calibration_batches(ctx, config.calibration_batches))
+        return PackedModel(q.eval(), {**codecs, **convert_(q, bits, huffman=config.huffman)})
+
+
+LEARNER = Qat

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from hpo.space import Dimension, Real
-from learners.base import Context, ModelInfo
+from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.bitwidth import first_parametrization, layer_weight, weight_layers
 from learners.finetune import finish_finetune_
 from learners.formats.packed import PackedModel, TensorCodec, unwrap
@@ -234,10 +234,13 @@ def sparse_codecs(layers: list[str], codecs: dict[str, TensorCodec]) -> dict[str
     return {**codecs, **{f"{name}.weight": TensorCodec(sparse=True) for name in layers}}
 
 
-class Sparsity:
-    """Learner ``sparsity``: gradual magnitude pruning, packed sparse output."""
+class Sparsity(LearnerDefaults):
+    """Learner ``sparsity``: gradual magnitude pruning, packed sparse output. Its weights
+    stay float (zeros among them), so a quantiser may follow it; a structure change may
+    not (it would cut through the sparse layout)."""
 
     name = "sparsity"
+    stage: ClassVar[Stage] = Stage.SPARSITY
 
     def __init__(self, config: SparsityConfig | None = None, **options: Any) -> None:
         self.config = config or SparsityConfig(**options)
@@ -297,19 +300,18 @@ class Sparsity:
         }
         return PackedModel(dense.eval(), sparse_codecs(names, codecs))
 
-
-@torch.no_grad()
-def replay(model: nn.Module, record: dict[str, Any]) -> PackedModel:
-    """One-shot magnitude pruning of a copy of ``model`` to the recorded per-layer sparsity
-    (the settings, not the fine-tuned weights: those are in the packed file)."""
-    inner, codecs = unwrap(model)
-    dense = copy.deepcopy(inner).eval()
-    layers = dict(weight_layers(dense))
-    for name, s in record["sparsity"].items():
-        weight = layer_weight(layers[name])
-        mask = magnitude_mask(weight, float(s))
-        weight.copy_(torch.where(mask, weight, torch.zeros_like(weight)))
-    return PackedModel(dense, sparse_codecs(list(record["sparsity"]), codecs))
+    @torch.no_grad()
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
+        """One-shot magnitude pruning of a copy of ``model`` to the recorded per-layer
+        sparsity (the settings, not the fine-tuned weights: those are in the packed file)."""
+        inner, codecs = unwrap(model)
+        dense = copy.deepcopy(inner).eval()
+        layers = dict(weight_layers(dense))
+        for name, s in record["sparsity"].items():
+            weight = layer_weight(layers[name])
+            mask = magnitude_mask(weight, float(s))
+            weight.copy_(torch.where(mask, weight, torch.zeros_like(weight)))
+        return PackedModel(dense, sparse_codecs(list(record["sparsity"]), codecs))
 
 
 def density(model: nn.Module) -> float:
@@ -328,7 +330,6 @@ __all__ = [
     "allocate",
     "density",
     "magnitude_mask",
-    "replay",
     "zhu_gupta",
 ]
 

@@ -15,7 +15,6 @@ from learners.nonuniform import (
     assign,
     init_centroids,
     kmeans_1d,
-    replay,
 )
 from learners.sparsity import Sparsity
 from tests.helpers_learners import example_inputs, make_context, trained_tiny
@@ -95,7 +94,7 @@ def test_indices_cost_about_b_bits_each(shared):
 
 def test_replay_clusters_a_fresh_model_with_the_recorded_bits(shared):
     _, _, ctx, _ = shared
-    again = replay(trained_tiny(), ctx.records["nonuniform"])
+    again = NonUniformQuantization().replay(trained_tiny(), ctx.records["nonuniform"], ctx)
     for _, m in weight_layers(again.model):
         assert m.weight.unique().numel() <= 8
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from learners import channel_ops
-from learners.channel import ChannelPruning, replay
+from learners.base import Context
+from learners.channel import ChannelPruning
 from learners.channel_ops import PermutationPruner, PruningError, StructuredPruner
 from pipeline import measure
 from pipeline.sources.zoo import build, names
@@ -59,7 +60,8 @@ def test_every_zoo_model_prunes_to_a_smaller_correct_replayable_model(name):
     expected = masked_reference(model, pruned, BATCH)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     # the recorded history rebuilds the same network from the unpruned model
-    rebuilt = replay(model, history, EXAMPLE)
+    replay_ctx = Context(None, None, EXAMPLE, finetune=None)  # replay needs only the input
+    rebuilt = ChannelPruning().replay(model, {"history": history}, replay_ctx)
     assert conv_widths(rebuilt) == after
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(BATCH), out)

@@ -12,7 +12,6 @@ from learners.sparsity import (
     allocate,
     density,
     magnitude_mask,
-    replay,
     zhu_gupta,
 )
 from tests.helpers_learners import example_inputs, make_context, trained_tiny
@@ -126,7 +125,7 @@ def test_short_budget_still_reaches_the_final_sparsity():
 
 def test_replay_applies_the_recorded_sparsity_to_a_fresh_model(pruned):
     _, _, ctx, out = pruned
-    again = replay(trained_tiny(), ctx.records["sparsity"])
+    again = Sparsity().replay(trained_tiny(), ctx.records["sparsity"], ctx)
     assert density(again) == pytest.approx(density(out), abs=1e-6)
     assert set(again.codecs) == set(out.codecs)
     assert all(c == TensorCodec(sparse=True) for c in again.codecs.values())

@@ -34,13 +34,13 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="digits | cifar10:<dir> | imagefolder:<dir> | module:callable")
     g.add_argument("--image-size", type=int)
     g.add_argument("--data-limit", type=int, help="use at most this many samples")
-    g.add_argument("--learners", help="learner or comma-separated chain, e.g. channel,uniform")
+    g.add_argument("--learners", help="learner or comma-separated chain, e.g. channel,int8")
     g.add_argument(
         "--learner-option",
         action="append",
         default=[],
         metavar="NAME.KEY=VALUE",
-        help="a learner's config field, e.g. uniform.mode=qat (repeatable)",
+        help="a learner's config field, e.g. qat.avg_bits=4 (repeatable)",
     )
     t = g.add_mutually_exclusive_group()
     t.add_argument("--target-speedup", type=float, help="measured speedup factor, e.g. 2")

@@ -1,10 +1,13 @@
-"""int8 post-training static quantisation executed by onnxruntime.
+"""Learner ``int8``: post-training static int8 quantisation executed by onnxruntime.
 
 The float model is exported to ONNX (learners.formats.export, the same export as the fp32
 baseline), pre-processed (shape inference, graph optimisation), and quantised by
 ``onnxruntime.quantization.quantize_static``: int8 per-channel weights, uint8
-activations whose ranges are calibrated on training batches. The result runs on
-onnxruntime's int8 kernels, so its speed-up is measured, not estimated.
+activations whose ranges are calibrated on training batches. The candidate is an
+``OnnxModule``: its deployable file is the int8 ONNX graph and its forward runs
+onnxruntime's int8 kernels, so its accuracy and speed-up are measured, not estimated.
+Its output is no float model: it runs on ``onnxruntime-cpu`` only and comes last in a
+chain (for b-bit weights that run anywhere, use the ``qat`` learner).
 
 QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into int8 kernels) and
 QOperator (QLinearConv etc. written out) are both supported; ``benchmarks/learner_suite.py``
@@ -13,16 +16,25 @@ measures which is faster here.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from hpo.space import Categorical, Dimension
+from learners.base import Context, LearnerDefaults, ModelInfo, Stage
+from learners.finetune import calibration_batches
 from learners.formats.export import export_onnx
+from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import unwrap
 
 FORMATS = ("qdq", "qoperator")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -126,3 +138,93 @@ def quantize_int8(
         "kept_float": sorted(set(excluded)),
     }
     return data, record
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """quant_format: "qoperator" (measured fastest here) or "qdq"; calibrations: the
+    methods the search may choose from; calibration_batches of training data;
+    search_keep_first_last lets the search keep the first and last layer in float;
+    threads for the evaluation session."""
+
+    quant_format: str = "qoperator"
+    calibrations: tuple[str, ...] = ("minmax", "percentile")
+    calibration_batches: int = 8
+    search_keep_first_last: bool = True
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.quant_format not in FORMATS:
+            raise ValueError(f"quant_format must be one of {FORMATS}, got {self.quant_format!r}")
+        object.__setattr__(self, "calibrations", tuple(self.calibrations))
+        bad = set(self.calibrations) - set(CALIBRATIONS)
+        if bad or not self.calibrations:
+            raise ValueError(f"unknown calibration {sorted(bad)}; choose from {CALIBRATIONS}")
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Int8(LearnerDefaults):
+    """Learner ``int8``: onnxruntime post-training static int8 (an ``OnnxModule``)."""
+
+    name = "int8"
+    stage: ClassVar[Stage] = Stage.QUANTIZATION
+    keeps_float: ClassVar[bool] = False  # an int8 graph: nothing may edit it afterwards
+    runtimes: tuple[str, ...] | None = OnnxModule.runtimes
+
+    def __init__(self, config: Int8Config | None = None, **options: Any) -> None:
+        self.config = config or Int8Config(**options)
+
+    def space(self, info: ModelInfo) -> list[Dimension]:
+        c = self.config
+        dims: list[Dimension] = [Categorical("calibration", c.calibrations)]
+        if c.search_keep_first_last:
+            dims.append(Categorical("keep_first_last", (False, True)))
+        return dims
+
+    def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
+        c = self.config
+        data, record = _quantize_quietly(
+            model,
+            ctx,
+            c,
+            calibration_method=str(params.get("calibration", c.calibrations[0])),
+            keep_first_last=bool(params.get("keep_first_last", False)),
+        )
+        ctx.records[self.name] = {"config": c.to_dict(), "params": dict(params), **record}
+        return OnnxModule(data, threads=c.threads).eval()
+
+    def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
+        """Re-quantise a copy of ``model`` with the recorded format, calibration method and
+        float layers, calibrated on the first batches of ``ctx.train_loader``."""
+        config = Int8Config(**record["config"])
+        data, _ = _quantize_quietly(
+            model,
+            ctx,
+            config,
+            calibration_method=record["calibration"],
+            keep_float=record["kept_float"],
+        )
+        return OnnxModule(data, threads=config.threads).eval()
+
+
+def _quantize_quietly(
+    model: nn.Module, ctx: Context, config: Int8Config, **options: Any
+) -> tuple[bytes, dict[str, Any]]:
+    inner, _ = unwrap(model)
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+        return quantize_int8(
+            copy.deepcopy(inner).eval(),
+            ctx.example_inputs,
+            calibration_batches(ctx, config.calibration_batches),
+            config.quant_format,
+            **options,
+        )
+
+
+LEARNER = Int8

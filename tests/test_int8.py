@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from learners.base import ModelInfo
+from learners.finetune import accuracy
+from learners.formats.onnx_module import OnnxModule
+from learners.int8 import Int8, Int8Config, even_batches
+from tests.helpers_learners import example_inputs, make_context, trained_tiny
+
+# Stated tolerance for post-training int8 on the tiny digits model (validation split).
+INT8_MAX_DROP = 0.02
+
+
+@pytest.fixture(scope="module")
+def int8():
+    model = trained_tiny()
+    ctx = make_context()
+    out = Int8().compress(model, {"calibration": "minmax"}, ctx)
+    return model, ctx, out
+
+
+def test_int8_onnx_is_within_the_stated_accuracy_drop(int8):
+    model, ctx, out = int8
+    assert isinstance(out, OnnxModule)
+    assert accuracy(out, ctx.val_loader) >= accuracy(model, ctx.val_loader) - INT8_MAX_DROP
+
+
+def test_int8_graph_really_is_int8(int8):
+    import onnx
+
+    _, ctx, out = int8
+    graph = onnx.load_from_string(out.onnx_bytes).graph
+    ops = {n.op_type for n in graph.node}
+    assert ops & {"QLinearConv", "ConvInteger", "QuantizeLinear"}
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8_weights
+    record = ctx.records["int8"]
+    assert record["format"] == "qoperator" and record["kept_float"] == []
+
+
+def test_int8_keeps_first_and_last_float_when_asked_and_replays():
+    model = trained_tiny()
+    ctx = make_context()
+    learner = Int8(quant_format="qdq")
+    out = learner.compress(model, {"calibration": "percentile", "keep_first_last": True}, ctx)
+    record = ctx.records["int8"]
+    assert record["kept_float"] == sorted([record["weight_nodes"][0], record["weight_nodes"][-1]])
+    again = Int8().replay(model, record, make_context())
+    assert isinstance(again, OnnxModule)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(again(x), out(x))
+
+
+def test_int8_declares_its_runtime_place_and_space():
+    info = ModelInfo(trained_tiny(), example_inputs())
+    learner = Int8()
+    assert learner.runtimes == ("onnxruntime-cpu",)
+    assert not learner.keeps_float
+    assert [d.name for d in learner.space(info)] == ["calibration", "keep_first_last"]
+    assert [d.name for d in Int8(search_keep_first_last=False).space(info)] == ["calibration"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"quant_format": "qlinear"}, "quant_format"),
+        ({"calibrations": ("kl",)}, "calibration"),
+        ({"calibration_batches": 0}, "calibration_batches"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_config_errors_say_what_is_allowed(options, message):
+    with pytest.raises(ValueError, match=message):
+        Int8Config(**options)
+
+
+def test_calibration_batches_are_made_even_for_onnxruntime():
+    ragged = [torch.randn(64, 1, 8, 8), torch.randn(64, 1, 8, 8), torch.randn(52, 1, 8, 8)]
+    chunks = even_batches(ragged, 32)
+    assert {len(c) for c in chunks} == {32} and len(chunks) == 5
+    assert len(even_batches([torch.randn(20, 1, 8, 8)], 32)[0]) == 20
