@@ -23,22 +23,44 @@ def test_fixed_width_packing_round_trips_in_exactly_n_bits(bits):
         pack_uint(np.array([1 << bits]), bits)
 
 
-@pytest.mark.parametrize("width", range(1, 9))
-def test_gap_symbols_recover_positions_including_long_runs(width):
-    positions = np.array([0, 1, 5, 300, 301, 2000, 9999])
-    symbols = packing._gap_symbols(positions, width)
-    assert symbols.max() < (1 << width)
-    assert np.array_equal(packing._positions_from_gaps(symbols, width), positions)
+def _vector(mask: np.ndarray) -> torch.nn.Module:
+    """A one-tensor model whose weight is non-zero exactly where ``mask`` is."""
+    layer = torch.nn.Linear(mask.size, 1, bias=False)
+    values = torch.rand(mask.size, generator=torch.Generator().manual_seed(0)) + 0.5
+    with torch.no_grad():
+        layer.weight.copy_((values * torch.from_numpy(mask)).reshape(1, -1))
+    return layer
+
+
+def _sparse_round_trip(mask: np.ndarray, use_huffman: bool) -> int:
+    """Pack ``mask``'s sparse weight, check it decodes exactly, return its coded bytes."""
+    layer = _vector(mask)
+    data, stats = packing.pack(layer, {"weight": TensorCodec(sparse=True, huffman=use_huffman)})
+    state, _ = packing.unpack_state(data)
+    assert torch.equal(state["weight"], layer.weight.detach())
+    return stats.per_tensor["weight"] - 4 * int(mask.sum())  # the positions' share
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2, 6, 14, 30, 62, 126, 254, 1000])
+def test_sparse_positions_decode_exactly_whatever_the_gaps(gap):
+    """Regular gaps of each size make a different gap-symbol width the cheapest."""
+    mask = np.zeros(20_000, dtype=bool)
+    mask[:: gap + 1] = True
+    _sparse_round_trip(mask, use_huffman=False)
+
+
+def test_long_runs_of_zeros_decode_exactly():
+    mask = np.zeros(10_000, dtype=bool)
+    mask[[0, 1, 5, 300, 301, 2000, 9999]] = True
+    for use_huffman in (False, True):
+        assert _sparse_round_trip(mask, use_huffman) < packed_bytes(mask.size, 1) / 10
 
 
 @pytest.mark.parametrize("use_huffman", [False, True])
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.3, 0.9, 1.0])
 def test_positions_pick_the_cheaper_encoding_and_decode_exactly(density, use_huffman):
     mask = np.random.default_rng(0).random(5000) < density
-    stream = packing._encode_positions(mask, use_huffman)
-    assert stream.nbytes <= packed_bytes(mask.size, 1)  # never worse than a bitmap
-    decoded = packing._decode_positions(stream.meta, stream.blobs, mask.size)
-    assert np.array_equal(decoded, np.flatnonzero(mask))
+    assert _sparse_round_trip(mask, use_huffman) <= packed_bytes(mask.size, 1)  # <= a bitmap
 
 
 def _sparse_tiny(density: float) -> TinyNet:
