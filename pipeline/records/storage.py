@@ -88,7 +88,9 @@ def _bucket_exists(bucket: str) -> bool:
 
 
 def fetch(uri: str, cache_dir: str | Path | None = None) -> Path:
-    """A local path for ``uri``: local paths as they are, s3 objects downloaded once."""
+    """A local path for ``uri``: local paths as they are, s3 objects downloaded once per
+    version. The cache is keyed by the URI and the object's ETag, so an object written
+    again at the same key (a "latest" model) is downloaded again, not served stale."""
     if not is_s3(uri):
         path = Path(uri)
         if not path.exists():
@@ -96,15 +98,22 @@ def fetch(uri: str, cache_dir: str | Path | None = None) -> Path:
         return path
     bucket, key = split_s3(uri)
     root = Path(cache_dir or Path(tempfile.gettempdir()) / "compressflow-s3")
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    s3 = client()
+    try:
+        etag = str(s3.head_object(Bucket=bucket, Key=key)["ETag"])
+    except Exception as err:  # botocore raises several unrelated types
+        raise _explain(err, uri, "read") from None
+    digest = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()[:16]
     local = root / digest / (Path(key).name or "object")
     if local.exists():
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(local.name + ".part")
     try:
-        client().download_file(bucket, key, str(local))
-    except Exception as err:  # botocore raises several unrelated types
+        s3.download_file(bucket, key, str(partial))
+    except Exception as err:
         raise _explain(err, uri, "read") from None
+    partial.replace(local)  # never leave a half-written file where a whole one is expected
     return local
 
 
