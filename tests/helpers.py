@@ -6,31 +6,36 @@ import torch
 from torch import nn
 
 
-class TinyCNN(nn.Module):
-    """Two conv stages and a classifier: small, but with real channel dependencies."""
+class TinyNet(nn.Module):
+    """The tests' one tiny model: what the learners and the pipeline must handle, small.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+    conv + BatchNorm, a residual add (which ties ``conv1``'s and ``conv2``'s output
+    channels into one group), a strided layer and a linear head; ``num_classes`` and
+    ``in_channels`` come first, as a model source's factory receives them.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8) -> None:
         super().__init__()
-        self.stage1 = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.stage2 = nn.Sequential(
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-        )
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(2 * width)
+        self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.stage2(self.stage1(x))).flatten(1))
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(x + self.bn2(self.conv2(x)))
+        x = self.relu(self.bn3(self.conv3(x)))
+        return self.fc(self.pool(x).flatten(1))
 
-    @staticmethod
-    def example_inputs(size: int = 8, channels: int = 1) -> torch.Tensor:
-        return torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+def example_inputs(size: int = 8, channels: int = 1) -> torch.Tensor:
+    """One fixed ``1 x channels x size x size`` input (the digits' 8x8 by default)."""
+    return torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
 # A job small enough for a test: the tiny CNN on 400 digits at 8x8, short training and
@@ -43,9 +48,10 @@ TINY_JOB = [
 ]  # fmt: skip
 
 
-def tiny_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> TinyCNN:
+def tiny_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> TinyNet:
+    """The model source ``tests.helpers:tiny_cnn``: a seeded TinyNet, 16 channels wide."""
     torch.manual_seed(0)
-    return TinyCNN(num_classes, in_channels, width)
+    return TinyNet(num_classes, in_channels, width)
 
 
 def not_a_module(num_classes: int = 10, in_channels: int = 1):

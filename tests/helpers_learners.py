@@ -1,8 +1,8 @@
-"""Tiny models and data for the learner tests (shared; fast on one CPU thread).
+"""Data and a trained model for the learner tests (fast on one CPU thread).
 
-``TinyNet`` has what the learners must handle: conv + BatchNorm, a residual add, a
-strided layer and a linear head. ``trained_tiny()`` is trained once per session on
-sklearn's 8x8 digits (~95% validation accuracy in about a second).
+The model is the tests' one tiny model, ``tests.helpers.TinyNet`` (re-exported here with
+``example_inputs`` for the learner tests). ``trained_tiny()`` is trained once per session
+on sklearn's 8x8 digits (~95% validation accuracy in about a second).
 """
 
 from __future__ import annotations
@@ -16,32 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from learners.base import Context
 from learners.finetune import DistillSettings, TrainSettings, make_finetune, train_
+from tests.helpers import TinyNet, example_inputs
+
+__all__ = ["TinyNet", "digits_loaders", "example_inputs", "make_context", "snr_db", "trained_tiny"]
 
 torch.set_num_threads(1)
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width: int = 8, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(2 * width)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(x + self.bn2(self.conv2(x)))
-        x = self.relu(self.bn3(self.conv3(x)))
-        return self.fc(self.pool(x).flatten(1))
-
-
-def example_inputs() -> torch.Tensor:
-    return torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,7 +5,7 @@ from torch import nn
 
 from learners.formats import export
 from pipeline import measure
-from tests.helpers import TinyCNN
+from tests.helpers import TinyNet, example_inputs
 
 
 def test_flops_are_twice_the_analytic_macs_of_a_conv():
@@ -38,8 +38,8 @@ def test_a_sleeping_model_is_measured_slower():
 
 
 def test_onnx_export_matches_torch_and_times_on_onnxruntime(tmp_path):
-    model = TinyCNN().eval()
-    x = TinyCNN.example_inputs()
+    model = TinyNet().eval()
+    x = example_inputs()
     path = export.export_onnx(model, x, tmp_path / "m.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = torch.randn(5, 1, 8, 8)
@@ -51,10 +51,10 @@ def test_onnx_export_matches_torch_and_times_on_onnxruntime(tmp_path):
 
 
 def test_deployable_is_onnx_unless_the_model_packs_itself(tmp_path):
-    x = TinyCNN.example_inputs()
-    assert export.save_deployable(TinyCNN(), x, tmp_path / "a").suffix == ".onnx"
+    x = example_inputs()
+    assert export.save_deployable(TinyNet(), x, tmp_path / "a").suffix == ".onnx"
 
-    class Packed(TinyCNN):
+    class Packed(TinyNet):
         packed_suffix = ".tiny"
 
         def save_packed(self, path):

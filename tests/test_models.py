@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 
 from learners.formats.export import save_model
 from pipeline.sources.models import ModelSourceError, build_model
-from tests.helpers import TinyCNN
+from tests.helpers import TinyNet, example_inputs
 
 
 def test_zoo_name_builds_untrained_model_with_data_shapes():
@@ -15,7 +15,7 @@ def test_zoo_name_builds_untrained_model_with_data_shapes():
 
 def test_factory_gets_num_classes_and_options():
     model, trained = build_model("tests.helpers:tiny_cnn", 3, 1, {"width": 4})
-    assert not trained and model.fc.out_features == 3 and model.stage1[0].out_channels == 4
+    assert not trained and model.fc.out_features == 3 and model.conv1.out_channels == 4
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torch"])
@@ -31,7 +31,7 @@ def test_weights_load_strictly_and_safely(tmp_path, fmt):
         torch.save(source.state_dict(), path)
     model, trained = build_model("tests.helpers:tiny_cnn", 10, 1, weights=str(path))
     assert trained
-    x = TinyCNN.example_inputs()
+    x = example_inputs()
     assert torch.equal(model.eval()(x), source.eval()(x))
 
 
@@ -43,16 +43,16 @@ def test_weights_that_do_not_fit_are_reported(tmp_path):
 
 
 def test_pickled_weights_file_is_refused(tmp_path):
-    torch.save(TinyCNN(), tmp_path / "whole.pt")  # a full module is not a weights file
+    torch.save(TinyNet(), tmp_path / "whole.pt")  # a full module is not a weights file
     with pytest.raises(ModelSourceError, match="weights_only"):
         build_model("tests.helpers:tiny_cnn", 10, 1, weights=str(tmp_path / "whole.pt"))
 
 
 def test_saved_full_model_file_loads(tmp_path):
-    model = TinyCNN(width=5)
+    model = TinyNet(width=5)
     save_model(model, tmp_path / "m.pt")
     loaded, trained = build_model(str(tmp_path / "m.pt"), 10, 1)
-    assert trained and loaded.stage1[0].out_channels == 5
+    assert trained and loaded.conv1.out_channels == 5
 
 
 def test_bad_factories_are_reported():

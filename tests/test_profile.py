@@ -52,8 +52,11 @@ def test_json_on_a_module_factory_model(capsys):
     assert all(set(layer) == keys for layer in layers)
     assert {"params", "macs", "counted_macs", "bytes_moved"} <= set(total)
     assert total["macs"] == total["counted_macs"] == sum(layer["macs"] for layer in layers)
-    assert total["params"] == sum(layer["params"] for layer in layers) == 5178
-    conv = next(layer for layer in layers if layer["name"] == "stage1.0")
+    # TinyNet at width 16: convs 1*16*9 + 16*16*9 + 16*32*9, BatchNorms 2*(16 + 16 + 32),
+    # classifier 32*10 + 10.
+    params = 144 + 2304 + 4608 + 128 + 330
+    assert total["params"] == sum(layer["params"] for layer in layers) == params
+    conv = next(layer for layer in layers if layer["name"] == "conv1")
     assert conv["output_shape"] == [4, 16, 8, 8] and conv["macs"] == 4 * 8 * 8 * 9 * 16
     shares = sum(layer["time_share"] for layer in layers) + total["unattributed_time_share"]
     assert shares == pytest.approx(1.0, abs=1e-3)
