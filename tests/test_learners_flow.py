@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from learners.formats.export import load_model
 from learners.formats.onnx_module import OnnxModule
@@ -51,14 +52,45 @@ def test_deep_compression_chain_packs_a_file_that_reloads(tmp_path):
     _outputs_match(summary, load_packed(best["deployable"]))
 
 
+LOSS = "finetune.sparsity.train_loss"
+
+
+def rounds_recorded(summary: dict) -> dict[str, tuple[str, list[float]]]:
+    """Each round's proposed sparsity and recorded fine-tune loss curve, from MLflow."""
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    runs = client.search_runs(
+        [summary["mlflow"]["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
+    )
+    return {
+        r.data.params["round"]: (
+            r.data.params["sparsity.sparsity"],
+            [m.value for m in client.get_metric_history(r.info.run_id, LOSS)],
+        )
+        for r in runs
+    }
+
+
 def test_sparsity_with_distillation(tmp_path):
-    summary = run_job(tmp_path, "--learners", "sparsity", "--target-compression", "2", "--distill")
+    flags = ("--learners", "sparsity", "--target-compression", "2")
+    summary = run_job(tmp_path / "kd", *flags, "--distill")
     _outputs_match(summary, load_packed(summary["best"]["deployable"]))
+    # The same job without a teacher: same seed, baseline and proposals, so the same
+    # sparse models start fine-tuning (run twice, such a job records identical losses).
+    plain = run_job(tmp_path / "ce", *flags)
+    assert summary["baseline"]["accuracy"] == plain["baseline"]["accuracy"]
+    kd, ce = rounds_recorded(summary), rounds_recorded(plain)
+    assert kd.keys() == ce.keys() == {"1", "2"}
+    for r, (sparsity, losses) in kd.items():
+        assert sparsity == ce[r][0] and len(losses) == len(ce[r][1]) == 1  # one epoch
+        # Distillation trains on alpha T^2 KL(teacher || student) + (1 - alpha) CE, not
+        # on cross-entropy alone: the recorded loss of the same round must differ.
+        assert losses[0] != pytest.approx(ce[r][1][0], rel=1e-3)
 
 
 def test_channel_then_int8_on_onnxruntime(tmp_path):
     summary = run_job(
-        tmp_path, "--learners", "channel,uniform", "--runtime", "onnxruntime-cpu",
+        tmp_path, "--learners", "channel,int8", "--runtime", "onnxruntime-cpu",
         "--target-speedup", "1.2",
     )  # fmt: skip
     best = summary["best"]
@@ -71,13 +103,13 @@ def test_quantisation_aware_training_from_a_job_file(tmp_path):
     job.write_text(
         yaml.safe_dump(
             {
-                "learners": ["uniform"],
-                "learner_options": {"uniform": {"mode": "qat", "granularity": "global"}},
+                "learners": ["qat"],
+                "learner_options": {"qat": {"granularity": "global"}},
                 "target": {"compression": 3, "runtime": "onnxruntime-cpu"},
             }
         )
     )
     summary = run_job(tmp_path, "--job", str(job))
     best = summary["best"]
-    assert best["deployable"].endswith(".cfpk") and "uniform.bits" in best["params"]
+    assert best["deployable"].endswith(".cfpk") and "qat.bits" in best["params"]
     _outputs_match(summary, load_packed(best["deployable"]))
