@@ -112,3 +112,19 @@ def test_callable_source_errors():
         load_splits("tests.helpers:missing_function")
     with pytest.raises(DataSourceError, match=r"\(train, val, test\)"):
         load_splits("tests.helpers:tiny_cnn")
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """No len() and no indexing: a stream cannot be split or counted up front."""
+
+    def __iter__(self):
+        yield torch.zeros(1, 8, 8), 0
+
+
+def streams():
+    return Stream(), Stream(), Stream()
+
+
+def test_callable_source_must_give_map_style_datasets():
+    with pytest.raises(DataSourceError, match="map-style datasets.*got Stream"):
+        load_splits("tests.test_data:streams")

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,14 @@ def load_project(path: Path) -> dict[str, Any]:
 
 
 def missing_variables(
-    project: dict[str, Any], names: list[str], env: dict[str, str] | None = None
+    project: dict[str, Any], names: list[str], env: Mapping[str, str] | None = None
 ) -> list[str]:
     """Environment placeholders the chosen deployments need at deploy time but lack.
     Pull steps are left out: the worker resolves those when a run starts."""
     chosen = [d for d in project["deployments"] if not names or d.get("name") in names]
     text = json.dumps([{k: v for k, v in d.items() if k != "pull"} for d in chosen])
-    env = os.environ if env is None else env
-    return sorted({v for v in _ENV_PLACEHOLDER.findall(text) if not env.get(v)})
+    values = os.environ if env is None else env
+    return sorted({v for v in _ENV_PLACEHOLDER.findall(text) if not values.get(v)})
 
 
 def ensure_pools(client, pools: list[dict[str, Any]], folder: Path) -> list[str]:

@@ -61,7 +61,7 @@ def ui_url(flow_run_id: UUID | str) -> str:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    base = settings.ui_url or settings.api.url.rstrip("/").removesuffix("/api")
+    base = settings.ui_url or (settings.api.url or "").rstrip("/").removesuffix("/api")
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 

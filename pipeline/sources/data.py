@@ -14,6 +14,7 @@ import functools
 import importlib
 import json
 import pickle
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,12 +200,20 @@ def _from_callable(source: str) -> Splits:
             f"data source {source!r} must return (train, val, test) DataLoaders or a dict "
             "with keys train, val, test"
         )
-    datasets = [r.dataset if isinstance(r, DataLoader) else r for r in result]
-    x0, _ = datasets[0][0]
-    labels = set()
-    for ds in datasets:
+    datasets: list[Dataset] = []
+    labels: set[int] = set()
+    for r in result:
+        ds: Dataset = r.dataset if isinstance(r, DataLoader) else r
+        if not isinstance(ds, Sized):
+            raise DataSourceError(
+                f"data source {source!r} must give map-style datasets (len() and indexing), "
+                f"got {type(ds).__name__}"
+            )
         labels.update(int(ds[i][1]) for i in range(len(ds)))
-    return Splits(*datasets, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
+        datasets.append(ds)
+    train, val, test = datasets
+    x0, _ = train[0]
+    return Splits(train, val, test, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
 
 
 @functools.lru_cache(maxsize=4)

@@ -36,6 +36,7 @@ def load_weights(model: nn.Module, weights: str) -> nn.Module:
     """Load a state dict from safetensors or a torch file (``weights_only=True``: a
     weights file never runs code). Keys must match the model exactly."""
     path = storage.fetch(weights)
+    state: Any  # a state dict, once checked below; torch.load may give anything
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -26,6 +26,8 @@ whatever number of channels each side keeps.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -51,6 +53,7 @@ class ChannelShuffle(nn.Module):
     ``groups``; a channel pruner may shorten ``perm`` (it stays a bijection)."""
 
     channel_permutation = True  # the marker learners/channel_ops.py looks for
+    perm: Tensor  # a buffer: saved with the model, follows it between devices
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -108,6 +111,11 @@ class ShuffleV1Unit(nn.Module):
 
 
 class ShuffleNetV1(nn.Module):
+    # Added by name in __init__ (stage2..stage4, as in the papers).
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -172,13 +180,18 @@ class ShuffleV2Unit(nn.Module):
         else:
             # The branch takes the last ``k`` channels; the rest pass through. ``k`` is read
             # from the branch itself so a pruned unit splits where its branch expects.
-            k = self.branch2[0].in_channels
+            k = cast(nn.Conv2d, self.branch2[0]).in_channels
             passed, branched = torch.split(x, [x.shape[1] - k, k], dim=1)
             out = torch.cat((passed, self.branch2(branched)), 1)
         return self.shuffle(out)
 
 
 class ShuffleNetV2(nn.Module):
+    # Added by name in __init__ (stage2..stage4, as in the papers).
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(
         self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "cifar"
     ) -> None:
