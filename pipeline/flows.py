@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
 from hpo.optimizer import Optimizer
 from learners import registry
@@ -27,10 +28,12 @@ from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report
 from pipeline.job.calibrate import uniform_start
+from pipeline.job.progress import SearchProgress
 from pipeline.job.resume import results_from_history
 from pipeline.job.search import SearchState, run_search, search_space
 from pipeline.job.settings import splits_for
 from pipeline.records import storage
+from pipeline.records.board import PrefectBoard
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker
 from pipeline.spec import JobSpec, parse
@@ -97,6 +100,7 @@ def publish(
     files = sorted((out_dir / "best").rglob("*")) + [
         Path(summary["artifacts"]["baseline_onnx"]),
         out_dir / "candidates.png",
+        out_dir / "candidates.html",
         out_dir / "job.json",
     ]
     uploaded = {
@@ -132,7 +136,17 @@ def describe(r: CandidateResult, feasible: bool) -> str:
 # Prefect's own parameter validation would rebuild the JobSpec from its JSON form at every
 # call (running every validator again); the flow validates once itself instead: a spec
 # object passes through as it is, a mapping (a deployment's run) is parsed here.
-@flow(name="compress", log_prints=False, validate_parameters=False)
+def run_name() -> str:
+    """Flow runs are named after the job. A deployment's run passes the spec as a mapping,
+    parsed once inside the flow: its name is read here without validating it twice."""
+    spec = flow_run.parameters.get("spec")
+    if isinstance(spec, JobSpec):
+        return spec.job_name
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return str(name) if name else "compress"
+
+
+@flow(name="compress", log_prints=False, validate_parameters=False, flow_run_name=run_name)
 def compress(spec: JobSpec | dict[str, Any], resume_run_id: str | None = None) -> dict[str, Any]:
     """Search for the most accurate compressed model meeting the job's target."""
     if not isinstance(spec, JobSpec):
@@ -147,20 +161,23 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
     spec_data = spec.to_dict()  # for the records: job.json and the parent run's params
     (out_dir / "job.json").write_text(json.dumps(spec_data, indent=2))
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
+    started = time.perf_counter()
     base = baseline_mod.Baseline(**prepare_baseline(spec, str(out_dir)))
+    base_seconds = time.perf_counter() - started
     _log(
         f"baseline: val acc {base.accuracy:.4f}, {base.latency_ms:.2f} ms/batch on "
         f"{spec.target.runtime}, {base.flops:,} FLOPs, {base.params:,} params, {base.bytes:,} bytes"
     )
     parent = resume_run_id or tracker.start_job(spec.job_name, spec_data)
-    tracker.log_metrics(
-        parent,
-        {
-            f"baseline.{k}": v
-            for k, v in base.to_dict().items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        },
+    kind = spec.target.kind
+    base_run = tracker.log_baseline(
+        parent, report.baseline_result(spec, base, base_seconds), kind, reuse=bool(resume_run_id)
     )
+    if not resume_run_id:
+        data = report.dataset_facts(spec)
+        for run_id in (parent, base_run):
+            tracker.log_dataset(run_id, **data)
+    board = PrefectBoard(spec.job_name, log=_log)
     failed = True
     try:
         splits = splits_for(spec)
@@ -201,14 +218,23 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
             ]
             return [f.result() for f in futures]
 
+        progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
+
         def on_result(r: CandidateResult, feasible: bool) -> None:
-            tracker.log_candidate(parent, r, feasible)
+            tracker.log_candidate(parent, r, feasible, kind)
             _log(describe(r, feasible))
+            progress.update(state)
+            rows = report.candidate_rows(state, {}, state.best())
+            board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))
 
         started = time.perf_counter()
-        state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
+        with progress:
+            state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
         _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
-        summary = report.finalize(spec, base, state, reason, tracker, parent, out_dir, log=_log)
+        summary = report.finalize(
+            spec, base, state, reason, tracker, parent, out_dir, log=_log, baseline_run_id=base_run
+        )
+        board.result(report.result_markdown(summary))
         if storage.is_s3(spec.output):
             summary = publish(spec, summary, out_dir, tracker, parent)
         failed = False

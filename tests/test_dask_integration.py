@@ -46,7 +46,8 @@ def books(summary):
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
     runs = client.search_runs(
         [summary["mlflow"]["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}' "
+        "and tags.`compressflow.kind` = 'candidate'",
     )
     rows = []
     for r in sorted(runs, key=lambda r: int(r.data.params["round"])):

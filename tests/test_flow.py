@@ -31,7 +31,8 @@ def job_flags(tmp_path, *extra):
 def children(client, summary):
     return client.search_runs(
         [summary["mlflow"]["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}' "
+        "and tags.`compressflow.kind` = 'candidate'",
     )
 
 
@@ -66,7 +67,7 @@ def test_a_job_meets_its_target_and_leaves_a_full_record(tmp_path, capsys):
     version = client.get_model_version(
         summary["mlflow"]["registered_model"], str(summary["mlflow"]["version"])
     )
-    assert version.run_id == parent.info.run_id
+    assert version.run_id == parent.data.tags["best_run_id"]  # registered from its round
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "spec.json", "candidates.png", "best", "baseline"} <= names
 

@@ -60,7 +60,8 @@ def rounds_recorded(summary: dict) -> dict[str, tuple[str, list[float]]]:
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
     runs = client.search_runs(
         [summary["mlflow"]["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}' "
+        "and tags.`compressflow.kind` = 'candidate'",
     )
     return {
         r.data.params["round"]: (

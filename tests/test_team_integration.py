@@ -68,7 +68,8 @@ def test_a_submitted_job_runs_on_a_worker_and_lands_in_mlflow_and_s3(stack, depl
     assert parent.info.status == "FINISHED"
     children = client.search_runs(
         [summary["mlflow"]["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+        "and tags.`compressflow.kind` = 'candidate'",
     )
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     run_keys = stack.s3.keys(stack.bucket, stack.mlflow.prefix)

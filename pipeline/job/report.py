@@ -1,8 +1,10 @@
-"""The end of a job: measure the winner once on the test split, export it, register it,
-and write the summary (JSON for machines, a table for people)."""
+"""The end of a job: measure the winner once on the test split, export it, register it
+from its own child run, mark it in MLflow, plot every candidate against the target, and
+write the summary (JSON for machines, a table and a paragraph for people)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -11,11 +13,12 @@ from typing import Any
 
 from learners.formats import export
 from pipeline import measure
+from pipeline.job import plots
 from pipeline.job.baseline import Baseline
 from pipeline.job.search import SearchState
 from pipeline.job.settings import latency_settings, splits_for
 from pipeline.records.results import CandidateResult
-from pipeline.records.tracking import Tracker
+from pipeline.records.tracking import Tracker, achieved_key, candidate_metrics, run_link
 from pipeline.spec import JobSpec
 
 
@@ -41,6 +44,7 @@ def finalize(
     parent_run_id: str,
     out_dir: Path,
     log=print,
+    baseline_run_id: str | None = None,
 ) -> dict[str, Any]:
     splits = splits_for(spec)
     _, _, test_loader = splits.loaders(spec.finetune.batch_size, spec.seed)
@@ -65,10 +69,12 @@ def finalize(
             "latency_ms": baseline.latency_ms,
             "speedup": 1.0,
             "compression": 1.0,
+            achieved_key(spec.target.kind): 1.0,
             "flops": baseline.flops,
             "params": baseline.params,
             "param_count": baseline.params,
             "bytes": baseline.bytes,
+            "run_id": baseline_run_id,
         },
         "best": None,
         "rounds": state.counts,
@@ -76,16 +82,23 @@ def finalize(
             "tracking_uri": tracker.uri,
             "experiment_id": tracker.experiment_id,
             "parent_run_id": parent_run_id,
+            "best_run_id": None,
             "registered_model": None,
             "version": None,
         },
         "artifacts": {"baseline_onnx": baseline.onnx_path, "best_onnx": None, "best_model": None},
+        "candidates": [],
     }
-    tracker.log_metrics(parent_run_id, {"baseline.test_accuracy": base_test})
+    if baseline_run_id:
+        tracker.log_metrics(baseline_run_id, {"test_accuracy": base_test})
+    best_run_id = tracker.mark_best(parent_run_id, best.round) if best is not None else None
+    summary["mlflow"]["best_run_id"] = best_run_id
+    summary["candidates"] = candidate_rows(state, tracker.child_ids(parent_run_id), best)
     if best is not None:
         summary["best"], best_model = _report_best(
             spec, best, baseline, test_loader, example, out_dir
         )
+        summary["best"]["run_id"] = best_run_id
         summary["artifacts"].update(
             best_onnx=summary["best"].pop("onnx_path"), best_model=best.model_path
         )
@@ -96,10 +109,180 @@ def finalize(
         parent_run_id,
         {"target_met": float(feasible), **{f"rounds.{k}": v for k, v in state.counts.items()}},
     )
-    _plot(state, spec, tracker, parent_run_id, out_dir)
+    tracker.describe(parent_run_id, description(summary))
+    if summary["mlflow"]["version"] is not None:
+        tracker.describe_version(
+            summary["mlflow"]["registered_model"],
+            summary["mlflow"]["version"],
+            description(summary),
+            {"best_run_id": best_run_id, "best_round": best.round if best else None,
+             "job_run_id": parent_run_id},
+        )  # fmt: skip
+    for path in write_plots(summary, out_dir):
+        tracker.log_file(parent_run_id, path)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     tracker.log_file(parent_run_id, out_dir / "summary.json")
     return summary
+
+
+def baseline_result(spec: JobSpec, baseline: Baseline, seconds: float) -> CandidateResult:
+    """The baseline in a candidate's shape, so its child run has the candidates' keys."""
+    return CandidateResult(
+        round=0,
+        params={},
+        learners=[],
+        accuracy=baseline.accuracy,
+        latency_ms=baseline.latency_ms,
+        baseline_latency_ms=baseline.latency_ms,
+        speedup=1.0,
+        speedups=dict.fromkeys(spec.target.runtimes, 1.0),
+        flops=baseline.flops,
+        param_count=baseline.params,
+        bytes=baseline.bytes,
+        compression=1.0,
+        curves=baseline.pretrain_curve,
+        seconds=seconds,
+    )
+
+
+def candidate_rows(
+    state: SearchState, run_ids: dict[int, str], best: CandidateResult | None
+) -> list[dict[str, Any]]:
+    """Every round as logged to MLflow (the same metrics), for the summary and the plots."""
+    rows = []
+    for r in sorted(state.results, key=lambda r: r.round):
+        feasible = state.feasible(r)
+        rows.append(
+            {
+                "round": r.round,
+                "run_id": run_ids.get(r.round),
+                "status": r.status,
+                "learners": r.learners,
+                "params": r.params,
+                **candidate_metrics(r, state.target_kind, feasible),
+                "is_best": float(best is not None and r.round == best.round),
+            }
+        )
+    return rows
+
+
+def dataset_facts(spec: JobSpec) -> dict[str, Any]:
+    """The job's data for ``mlflow.log_input``: name, digest (of the split tensors where
+    the source yields tensors, else of its definition), source and split sizes."""
+    splits = splits_for(spec)
+    d = spec.data
+    source = {
+        "source": d.source,
+        "image_size": d.image_size,
+        "limit": d.limit,
+        "val_fraction": d.val_fraction,
+        "test_fraction": d.test_fraction,
+        "seed": spec.seed,
+    }
+    h = hashlib.sha256(json.dumps(source, sort_keys=True).encode())
+    sizes = {}
+    for name in ("train", "val", "test"):
+        ds = getattr(splits, name)
+        sizes[name] = len(ds)
+        for t in getattr(ds, "tensors", ()):
+            h.update(t.contiguous().numpy().tobytes())
+    return {
+        "name": d.source.split(":")[0] if ":" in d.source else d.source,
+        "digest": h.hexdigest()[:16],
+        "source": source,
+        "profile": {
+            "splits": sizes,
+            "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape),
+        },
+    }
+
+
+def write_plots(summary: dict[str, Any], out_dir: Path, stem: str = "candidates") -> list[Path]:
+    """``candidates.png`` and ``candidates.html`` (nothing when no round was run)."""
+    if not summary.get("candidates"):
+        return []
+    png, html = out_dir / f"{stem}.png", out_dir / f"{stem}.html"
+    plots.draw_png(summary, png)
+    plots.draw_html(summary, html)
+    return [png, html]
+
+
+def description(summary: dict[str, Any]) -> str:
+    """One paragraph for the parent run and the model version: target, met or not, the
+    winner's accuracy and achieved figure."""
+    t, b, w, r = summary["target"], summary["baseline"], summary["best"], summary["rounds"]
+    where = " and ".join([t["runtime"], *t.get("also_on", [])])
+    verdict = "met" if summary["target_met"] else "NOT met"
+    text = f"compressflow job `{summary['job']}`: target {t['kind']} >= {t['value']:g}"
+    text += f" on {where}, {verdict}. "
+    if w:
+        key = achieved_key(t["kind"])
+        achieved = w.get(key)
+        text += (
+            f"Chosen: round {w['round']} ({'+'.join(w['learners'])}), validation accuracy "
+            f"{w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test accuracy "
+            f"{w['test_accuracy']:.4f} (baseline {b['test_accuracy']:.4f}), "
+            f"{key} {achieved:.2f}x, speedup on {t['runtime']} {w['speedup'] or 0:.2f}x, "
+            f"compression {w['compression'] or 0:.2f}x. "
+        )
+    else:
+        text += "No candidate completed. "
+    text += (
+        f"{r['total']} rounds ({r['feasible']} feasible, {r['failed']} failed); "
+        f"stopped: {summary['stop_reason']}."
+    )
+    return text
+
+
+def result_markdown(summary: dict[str, Any]) -> str:
+    """The result for Prefect's UI: the paragraph, the table and the MLflow run link."""
+    m = summary["mlflow"]
+    link = run_link(m["tracking_uri"], m["experiment_id"], m["parent_run_id"])
+    lines = [f"# {summary['job']}", "", description(summary), "", "```", table(summary), "```"]
+    lines += ["", f"MLflow run: [{m['parent_run_id']}]({link})"]
+    if m.get("best_run_id"):
+        best = run_link(m["tracking_uri"], m["experiment_id"], m["best_run_id"])
+        lines.append(f"Chosen candidate: [{m['best_run_id']}]({best})")
+    return "\n".join(lines)
+
+
+def rounds_table(kind: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One short row per round, for Prefect's table artifact and the terminal report."""
+    key = achieved_key(kind)
+    out = []
+    for row in candidates:
+        out.append(
+            {
+                "round": row["round"],
+                "status": row["status"],
+                "accuracy": _round(row.get("accuracy"), 4),
+                key: _round(row.get(key), 3),
+                "compression": _round(row.get("compression"), 3),
+                "feasible": bool(row.get("feasible")),
+                "best": bool(row.get("is_best")),
+                "seconds": _round(row.get("seconds"), 1),
+            }
+        )
+    return out
+
+
+def rounds_text(summary: dict[str, Any]) -> str:
+    """The rounds as an aligned text table (``compressflow report``)."""
+    rows = rounds_table(summary["target"]["kind"], summary.get("candidates", []))
+    if not rows:
+        return "no rounds recorded"
+    cells = [list(rows[0])] + [
+        ["-" if v is None else ("yes" if v is True else "" if v is False else str(v))
+         for v in row.values()]
+        for row in rows
+    ]  # fmt: skip
+    width = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in cells)
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
 
 
 def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, example, out_dir):
@@ -118,6 +301,7 @@ def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, e
         "accuracy": best.accuracy,
         "test_accuracy": measure.accuracy(model, test_loader),
         "latency_ms": best.latency_ms,
+        achieved_key(spec.target.kind): best.achieved(spec.target.kind),
         "speedup": best.speedup,
         "speedups": best.speedups,
         "compression": best.compression,
@@ -143,6 +327,7 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
             for k in (
                 "accuracy",
                 "test_accuracy",
+                achieved_key(spec.target.kind),
                 "speedup",
                 "compression",
                 "onnx_speedup",
@@ -153,6 +338,12 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
             )
         },
     )
+    best_run_id = summary["mlflow"]["best_run_id"]
+    if best_run_id:  # measured once, for the winner only
+        tracker.log_metrics(
+            best_run_id,
+            {"test_accuracy": best["test_accuracy"], "onnx_speedup": best["onnx_speedup"]},
+        )
     tracker.log_file(parent_run_id, summary["artifacts"]["best_onnx"], "best")
     tracker.log_file(parent_run_id, summary["artifacts"]["baseline_onnx"], "baseline")
     if not spec.tracking.register_model:
@@ -162,53 +353,30 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
     import torch
 
     mlflow.set_tracking_uri(tracker.uri)
+    # The logged model belongs to the job's experiment (else MLflow files it under the
+    # default experiment, in ./mlruns of whatever folder the job ran from).
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)
     name = registered_name(spec)
     try:
-        with mlflow.start_run(run_id=parent_run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="best_model",
-                registered_model_name=name,
-                # pickle, not pt2: a pruned or wrapped module need not be torch.export-able.
-                serialization_format="pickle",
-                input_example=example.numpy(),
-                # Given explicitly: inferring them starts a subprocess that reloads the model.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "compressflow"],
-            )
+        # Logged to the winning child run (without reopening it), so the registered
+        # version's source run is the round that produced it.
+        info = mlflow.pytorch.log_model(
+            model,
+            name="best_model",
+            run_id=best_run_id or parent_run_id,
+            registered_model_name=name,
+            # pickle, not pt2: a pruned or wrapped module need not be torch.export-able.
+            serialization_format="pickle",
+            input_example=example.numpy(),
+            # Given explicitly: inferring them starts a subprocess that reloads the model.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "compressflow"],
+        )
         summary["mlflow"].update(
             registered_model=name, version=info.registered_model_version, model_uri=info.model_uri
         )
     except Exception as err:  # registration must not cost the job its result
         log(f"warning: registering the best model failed: {err}")
         summary["mlflow"]["registration_error"] = str(err)
-
-
-def _plot(state: SearchState, spec: JobSpec, tracker: Tracker, run_id: str, out_dir: Path) -> None:
-    ok = [r for r in state.results if r.status == "ok"]
-    if not ok:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r.achieved(spec.target.kind) for r in ok]
-    ys = [r.accuracy for r in ok]
-    colors = ["tab:green" if state.feasible(r) else "tab:red" for r in ok]
-    ax.scatter(xs, ys, c=colors)
-    for r, x, y in zip(ok, xs, ys, strict=True):
-        ax.annotate(str(r.round), (x, y), fontsize=7)
-    ax.axvline(spec.target.value, color="grey", linestyle="--", label="target")
-    ax.set_xlabel(f"measured {spec.target.kind} ({spec.target.runtime})")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(spec.job_name)
-    ax.legend()
-    path = out_dir / "candidates.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    tracker.log_file(run_id, path)
 
 
 def table(summary: dict[str, Any]) -> str:

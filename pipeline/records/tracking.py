@@ -1,4 +1,5 @@
-"""MLflow bookkeeping: one parent run per job, one nested child run per candidate.
+"""MLflow bookkeeping: one parent run per job, a ``baseline`` child run and one nested
+child run per candidate, all with the same metric keys (see ``candidate_metrics``).
 
 Everything goes through ``MlflowClient`` with explicit run ids (no fluent global state),
 so candidates finishing on worker threads can be logged safely.
@@ -6,17 +7,22 @@ so candidates finishing on worker threads can be logged safely.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import sqlite3
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipeline.records.results import CandidateResult
 
+# Logged on every candidate child run and on the `baseline` child run (units: README).
 CANDIDATE_METRICS = (
     "accuracy",
     "speedup",
@@ -28,6 +34,25 @@ CANDIDATE_METRICS = (
     "compression",
     "seconds",
 )
+
+# MLflow 3 opens an experiment on its GenAI overview unless told it holds model training
+# runs; with this tag the experiment opens on its runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def achieved_key(kind: str) -> str:
+    """The metric compared with the target: ``achieved_speedup`` or ``achieved_compression``."""
+    return f"achieved_{kind}"
+
+
+def candidate_metrics(r: CandidateResult, kind: str, feasible: bool) -> dict[str, float | None]:
+    """The metrics of one child run (a candidate or the baseline): one set of keys for all."""
+    metrics: dict[str, float | None] = {m: getattr(r, m) for m in CANDIDATE_METRICS}
+    metrics[achieved_key(kind)] = r.achieved(kind)
+    metrics["feasible"] = float(feasible)
+    metrics.update({f"speedup.{k}": v for k, v in r.speedups.items()})
+    return metrics
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -43,34 +68,123 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _sqlite_dir(uri: str) -> Path | None:
+def provenance_tags() -> dict[str, str]:
+    """Who ran what: MLflow's source, user and (in a git checkout) commit tags."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user database entry (some containers)
+        user = os.environ.get("USER", "unknown")
+    tags = {
+        "mlflow.source.name": "compressflow:pipeline.flows.compress",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": user,
+    }
+    commit = _git_commit(Path(__file__).resolve().parents[2])
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit(folder: Path) -> str | None:
+    if not (folder / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _sqlite_file(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return Path(uri.removeprefix("sqlite:///")).resolve()
+
+
+# Columns of MLflow's sqlite schema that hold artifact locations.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def relocate_store(db_file: Path) -> int:
+    """Re-point a local store's artifact locations at the folder its database is in now.
+
+    A local store keeps its artifacts in ``mlartifacts/`` beside ``mlflow.db``, but MLflow
+    records them as absolute ``file://`` URIs. After the folder is moved or copied, this
+    rewrites the recorded prefix ``<old folder>/mlartifacts`` to ``<new folder>/mlartifacts``
+    in every location column. Returns the number of rows changed (0: nothing had moved).
+    """
+    if not db_file.is_file():
+        return 0
+    new = (db_file.resolve().parent / ARTIFACTS_FOLDER).as_uri()
+    changed = 0
+    with sqlite3.connect(db_file) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "experiments" not in tables:
+            return 0
+        olds = {
+            loc
+            for (loc,) in db.execute("SELECT artifact_location FROM experiments")
+            if loc and loc.startswith("file://") and loc.endswith("/" + ARTIFACTS_FOLDER)
+        } - {new}
+        # Recorded as file:// URIs, and some (a model version's storage) as plain paths.
+        pairs = [(o, new) for o in olds] + [(urlparse(o).path, urlparse(new).path) for o in olds]
+        for old, to in pairs:
+            for table, column in _LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                cur = db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
+                    (to, len(old) + 1, old, _like_prefix(old + "/")),
+                )
+                changed += cur.rowcount
+    return changed
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
-        db_dir = _sqlite_dir(uri)
-        if db_dir is not None:
-            db_dir.mkdir(parents=True, exist_ok=True)
+        db_file = _sqlite_file(uri)
+        if db_file is not None:
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+            relocate_store(db_file)  # a store that was moved keeps its artifacts readable
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
+            if not all(found.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()):
+                for key, value in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
         else:
             # A local store keeps its artifacts beside its database, so the whole record
             # of a job is one folder (the demo's lives inside the checkout).
-            location = (db_dir / "mlartifacts").as_uri() if db_dir else None
+            location = (db_file.parent / ARTIFACTS_FOLDER).as_uri() if db_file else None
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
+                experiment, artifact_location=location, tags=EXPERIMENT_KIND
             )
+        self._provenance = provenance_tags()
 
     # -- parent ---------------------------------------------------------------------
     def start_job(self, name: str, spec: dict[str, Any]) -> str:
         run = self.client.create_run(
-            self.experiment_id, run_name=name, tags={"compressflow.kind": "job"}
+            self.experiment_id,
+            run_name=name,
+            tags={"compressflow.kind": "job", **self._provenance},
         )
         params = [Param(k, v) for k, v in flatten(spec, "spec.").items()]
         for i in range(0, len(params), 100):
@@ -80,8 +194,8 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
         clean = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items() if v is not None]
-        if clean:
-            self.client.log_batch(run_id, metrics=clean)
+        for i in range(0, len(clean), 1000):
+            self.client.log_batch(run_id, metrics=clean[i : i + 1000])
 
     def log_dict(self, run_id: str, data: Any, name: str) -> None:
         self.client.log_dict(run_id, data, name)
@@ -89,35 +203,93 @@ class Tracker:
     def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description, shown at the top of its page in the MLflow UI."""
+        self.client.set_tag(run_id, "mlflow.note.content", text)
+
+    def log_dataset(
+        self,
+        run_id: str,
+        name: str,
+        digest: str,
+        source: dict[str, Any],
+        profile: dict[str, Any],
+        context: str = "training",
+    ) -> None:
+        """The job's data as an MLflow dataset input (what ``mlflow.log_input`` records)."""
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="compressflow",
+            source=json.dumps(source),
+            profile=json.dumps(profile),
+        )
+        tags = [InputTag("mlflow.data.context", context)]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+
     def finish(self, run_id: str, failed: bool = False) -> None:
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     # -- children -------------------------------------------------------------------
-    def log_candidate(self, parent_run_id: str, result: CandidateResult, feasible: bool) -> str:
+    def _child(
+        self, parent_run_id: str, name: str, kind: str, seconds: float, tags: dict[str, str]
+    ) -> tuple[str, int]:
+        """A child run spanning the ``seconds`` that just ended; returns (id, end ms)."""
+        end = _now_ms()
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"round-{result.round:03d}",
+            run_name=name,
+            start_time=end - int(round(seconds * 1000)),
             tags={
                 "mlflow.parentRunId": parent_run_id,
-                "compressflow.kind": "candidate",
+                "compressflow.kind": kind,
+                **self._provenance,
+                **tags,
+            },
+        )
+        return run.info.run_id, end
+
+    def log_baseline(
+        self, parent_run_id: str, baseline: CandidateResult, kind: str, reuse: bool = False
+    ) -> str:
+        """The baseline as a child run named ``baseline``, with the candidates' metric keys
+        (``reuse``: keep the one a resumed job already has)."""
+        if reuse:
+            found = self.children(parent_run_id, kind="baseline")
+            if found:
+                return found[0].info.run_id
+        run_id, end = self._child(
+            parent_run_id, "baseline", "baseline", baseline.seconds, {"status": baseline.status}
+        )
+        self.log_metrics(run_id, {**candidate_metrics(baseline, kind, False), "is_best": 0.0})
+        if baseline.curves:
+            self._log_curves(run_id, "pretrain", baseline.curves)
+        self.client.set_terminated(run_id, "FINISHED", end_time=end)
+        return run_id
+
+    def log_candidate(
+        self, parent_run_id: str, result: CandidateResult, feasible: bool, kind: str = "speedup"
+    ) -> str:
+        run_id, end = self._child(
+            parent_run_id,
+            f"round-{result.round:03d}",
+            "candidate",
+            result.seconds,
+            {
                 "status": result.status,
                 "feasible": str(feasible).lower(),
                 "learners": ",".join(result.learners),
             },
         )
-        run_id = run.info.run_id
         params = [Param(k, str(v)) for k, v in result.params.items()]
         params.append(Param("round", str(result.round)))
         self.client.log_batch(run_id, params=params)
-        self.log_metrics(run_id, {m: getattr(result, m) for m in CANDIDATE_METRICS})
-        self.log_metrics(run_id, {f"speedup.{k}": v for k, v in result.speedups.items()})
-        curve = [
-            Metric(f"finetune.{name}", float(v), _now_ms(), step)
-            for name, values in result.curves.items()
-            for step, v in enumerate(values)
-        ]
-        if curve:
-            self.client.log_batch(run_id, metrics=curve)
+        self.log_metrics(run_id, {**candidate_metrics(result, kind, feasible), "is_best": 0.0})
+        self._log_curves(run_id, "finetune", result.curves)
         if result.records:
             self.log_dict(run_id, result.records, "per_layer_settings.json")
         for tag in ("model_path", "deployable_path"):
@@ -128,24 +300,133 @@ class Tracker:
             self.client.log_text(run_id, result.error, "error.txt")
         if result.deployable_path and os.path.exists(result.deployable_path):
             self.log_file(run_id, result.deployable_path, "deployable")
-        self.finish(run_id, failed=result.status != "ok")
+        self.client.set_terminated(
+            run_id, "FINISHED" if result.status == "ok" else "FAILED", end_time=end
+        )
         return run_id
+
+    def _log_curves(self, run_id: str, prefix: str, curves: dict[str, list[float]]) -> None:
+        now = _now_ms()
+        curve = [
+            Metric(f"{prefix}.{name}", float(v), now, step)
+            for name, values in curves.items()
+            for step, v in enumerate(values)
+        ]
+        for i in range(0, len(curve), 1000):
+            self.client.log_batch(run_id, metrics=curve[i : i + 1000])
+
+    def children(self, parent_run_id: str, kind: str = "candidate") -> list[Any]:
+        """The job's child runs of one kind (``candidate`` or ``baseline``)."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                f"and tags.`compressflow.kind` = '{kind}'"
+            ),
+            max_results=10000,
+        )
+
+    def child_ids(self, parent_run_id: str) -> dict[int, str]:
+        """Round -> run id of the job's candidate runs."""
+        return {
+            int(r.data.params["round"]): r.info.run_id
+            for r in self.children(parent_run_id)
+            if "round" in r.data.params
+        }
+
+    def describe_version(
+        self, name: str, version: str | int, text: str, tags: dict[str, Any]
+    ) -> None:
+        """A registered version's description, and tags linking it to its runs."""
+        self.client.update_model_version(name, str(version), description=text)
+        for key, value in tags.items():
+            if value is not None:
+                self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def mark_best(self, parent_run_id: str, best_round: int) -> str | None:
+        """Tag the winning child (``best: true``), log ``is_best`` 1/0 on every candidate,
+        and record ``best_run_id`` and ``best_round`` on the parent; returns the winner's id."""
+        best_id = None
+        for run in self.children(parent_run_id):
+            is_best = run.data.params.get("round") == str(best_round)
+            self.log_metrics(run.info.run_id, {"is_best": float(is_best)})
+            if is_best:
+                best_id = run.info.run_id
+                self.client.set_tag(best_id, "best", "true")
+        if best_id is not None:
+            self.set_tags(parent_run_id, {"best_run_id": best_id, "best_round": best_round})
+        return best_id
 
     def history(self, parent_run_id: str) -> list[dict[str, Any]]:
         """The candidate runs recorded under a job (for resuming its search)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-            max_results=10000,
-        )
         return [
             {
+                "run_id": r.info.run_id,
                 "params": dict(r.data.params),
                 "metrics": dict(r.data.metrics),
                 "tags": dict(r.data.tags),
             }
-            for r in runs
+            for r in self.children(parent_run_id)
         ]
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client on an existing store (a moved local store is re-pointed first)."""
+    db_file = _sqlite_file(uri)
+    if db_file is not None:
+        if not db_file.is_file():
+            raise FileNotFoundError(f"no MLflow store at {db_file}")
+        relocate_store(db_file)
+    return MlflowClient(tracking_uri=uri)
+
+
+def recorded_summary(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+    """A finished job's summary.json, as logged on its parent run."""
+    local = client.download_artifacts(parent_run_id, "summary.json", _scratch())
+    return json.loads(Path(local).read_text())
+
+
+def recorded_rounds(client: MlflowClient, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate rows of a job from its child runs' logged metrics (for summaries
+    written before they carried their ``candidates``)."""
+    m = summary["mlflow"]
+    runs = client.search_runs(
+        [m["experiment_id"]],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{m['parent_run_id']}' "
+            "and tags.`compressflow.kind` = 'candidate'"
+        ),
+        max_results=10000,
+    )
+    rows = []
+    for r in runs:
+        if "round" not in r.data.params:
+            continue
+        params = {k: v for k, v in r.data.params.items() if k != "round"}
+        rows.append(
+            {
+                "round": int(r.data.params["round"]),
+                "run_id": r.info.run_id,
+                "status": r.data.tags.get("status", "failed"),
+                "learners": r.data.tags.get("learners", "").split(","),
+                "params": params,
+                **r.data.metrics,
+            }
+        )
+    return sorted(rows, key=lambda row: row["round"])
+
+
+def _scratch() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="compressflow-report-")
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run opens in the MLflow UI (for a local store: once ``mlflow ui`` runs)."""
+    parsed = urlparse(uri)
+    base = uri.rstrip("/") if parsed.scheme in ("http", "https") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def ui_command(uri: str) -> str:
@@ -156,6 +437,4 @@ def ui_command(uri: str) -> str:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

@@ -1,0 +1,237 @@
+"""The comparison plot: validation accuracy against the figure compared with the target
+(``achieved_speedup`` or ``achieved_compression``, exactly the logged metric), for the
+baseline and every candidate, with the target, the Pareto frontier and the winner.
+
+Drawn from a summary's ``candidates`` rows, which hold the metrics as logged to MLflow, so
+the PNG, the interactive HTML and MLflow's own charts show the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.records.tracking import achieved_key
+
+# 12 x 7.5 inches at 100 dpi: 1200 px wide, readable without zooming.
+FIGSIZE, DPI = (12, 7.5), 100
+
+STYLE = {  # category -> (label, colour, matplotlib marker, plotly symbol)
+    "baseline": ("baseline", "black", "D", "diamond"),
+    "feasible": ("feasible (meets target)", "#2ca02c", "o", "circle"),
+    "infeasible": ("short of target", "#ff7f0e", "v", "triangle-down"),
+    "failed": ("failed", "#7f7f7f", "X", "x"),
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str  # "baseline" or "round-003"
+    round: int  # 0 for the baseline
+    category: str  # baseline | feasible | infeasible | failed
+    accuracy: float | None
+    achieved: float | None
+    is_best: bool
+    run_id: str | None = None
+
+    @property
+    def drawable(self) -> bool:
+        return self.accuracy is not None and self.achieved is not None
+
+
+def points(summary: dict[str, Any]) -> list[Point]:
+    """The baseline and every candidate of a summary, as the plot draws them."""
+    key = achieved_key(summary["target"]["kind"])
+    b = summary["baseline"]
+    out = [
+        Point("baseline", 0, "baseline", b.get("accuracy"), b.get(key, 1.0), False, b.get("run_id"))
+    ]
+    for row in summary.get("candidates", []):
+        if row["status"] != "ok":
+            category = "failed"
+        else:
+            category = "feasible" if row.get("feasible") else "infeasible"
+        out.append(
+            Point(
+                f"round-{row['round']:03d}",
+                row["round"],
+                category,
+                row.get("accuracy"),
+                row.get(key),
+                bool(row.get("is_best")),
+                row.get("run_id"),
+            )
+        )
+    return out
+
+
+def pareto(pts: list[Point]) -> list[Point]:
+    """The points no other point beats on both accuracy and the achieved figure, by x
+    (drawn as a staircase: the best accuracy recorded at or beyond each achieved figure)."""
+    ok = sorted(
+        (p for p in pts if p.drawable and p.category != "failed"),
+        key=lambda p: (-(p.achieved or 0.0), -(p.accuracy or 0.0)),
+    )
+    frontier, best_acc = [], float("-inf")
+    for p in ok:
+        if (p.accuracy or 0.0) > best_acc:
+            frontier.append(p)
+            best_acc = p.accuracy or 0.0
+    return sorted(frontier, key=lambda p: p.achieved or 0.0)
+
+
+def axis_label(summary: dict[str, Any]) -> str:
+    t = summary["target"]
+    key = achieved_key(t["kind"])
+    if t["kind"] == "compression":
+        return f"achieved compression, deployable file bytes ratio (metric {key})"
+    runtimes = [t["runtime"], *t.get("also_on", [])]
+    where = runtimes[0] if len(runtimes) == 1 else "worst of " + ", ".join(runtimes)
+    return f"achieved speedup, {where} (metric {key})"
+
+
+def _title(summary: dict[str, Any]) -> str:
+    t = summary["target"]
+    verdict = "met" if summary.get("target_met") else "not met"
+    return f"{summary['job']}: target {t['kind']} >= {t['value']:g} ({verdict})"
+
+
+def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, float]]:
+    """Write the plot as a PNG; returns ``{label: (x, y)}`` of every point drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = points(summary)
+    drawn: dict[str, tuple[float, float]] = {}
+    with plt.rc_context({"font.size": 14, "axes.titlesize": 17, "axes.labelsize": 15}):
+        fig, ax = plt.subplots(figsize=FIGSIZE)
+        for category, (label, colour, marker, _) in STYLE.items():
+            group = [p for p in pts if p.category == category]
+            shown = [p for p in group if p.drawable]
+            unplaced = len(group) - len(shown)
+            if not group:
+                continue
+            if unplaced:  # failed before they were measured: nowhere to put them
+                label += f" ({unplaced} without a measurement)"
+            xs = [p.achieved for p in shown]
+            ys = [p.accuracy for p in shown]
+            ax.scatter(
+                xs, ys, s=110, c=colour, marker=marker, label=label, zorder=3, edgecolors="white"
+            )
+            for p in shown:
+                drawn[p.label] = (float(p.achieved), float(p.accuracy))  # type: ignore[arg-type]
+                if p.category != "baseline":
+                    ax.annotate(
+                        str(p.round), (p.achieved, p.accuracy), fontsize=11,
+                        xytext=(6, 5), textcoords="offset points",
+                    )  # fmt: skip
+        front = pareto(pts)
+        if len(front) > 1:
+            ax.step(
+                [p.achieved for p in front],
+                [p.accuracy for p in front],
+                where="pre", color="#1f77b4", linewidth=1.8, alpha=0.7,
+                label="Pareto frontier", zorder=2,
+            )  # fmt: skip
+        best = next((p for p in pts if p.is_best and p.drawable), None)
+        if best is not None:
+            ax.scatter(
+                [best.achieved], [best.accuracy], s=520, marker="*", facecolors="none",
+                edgecolors="#d62728", linewidths=2.2, label=f"chosen: round {best.round}",
+                zorder=4,
+            )  # fmt: skip
+        t = summary["target"]
+        ax.axvline(
+            t["value"], color="#444444", linestyle="--", linewidth=1.5,
+            label=f"target {t['kind']} {t['value']:g}x",
+        )  # fmt: skip
+        ax.set_xlabel(axis_label(summary))
+        ax.set_ylabel("validation accuracy (metric accuracy)")
+        ax.set_title(_title(summary))
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", framealpha=0.9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+        plt.close(fig)
+    return drawn
+
+
+def draw_html(summary: dict[str, Any], path: Path) -> None:
+    """The same plot as a self-contained interactive HTML file (plotly; works offline)."""
+    import plotly.graph_objects as go
+
+    pts = points(summary)
+    rows = {r["round"]: r for r in summary.get("candidates", [])}
+    fig = go.Figure()
+    for category, (label, colour, _, symbol) in STYLE.items():
+        shown = [p for p in pts if p.category == category and p.drawable]
+        if not shown:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[p.achieved for p in shown],
+                y=[p.accuracy for p in shown],
+                mode="markers+text" if category != "baseline" else "markers",
+                text=[str(p.round) if p.round else "" for p in shown],
+                textposition="top right",
+                name=label,
+                marker={"color": colour, "symbol": symbol, "size": 12},
+                hovertext=[_hover(p, rows.get(p.round)) for p in shown],
+                hoverinfo="text",
+            )
+        )
+    front = pareto(pts)
+    if len(front) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=[p.achieved for p in front],
+                y=[p.accuracy for p in front],
+                mode="lines",
+                line={"shape": "vh", "color": "#1f77b4"},
+                name="Pareto frontier",
+                hoverinfo="skip",
+            )
+        )
+    best = next((p for p in pts if p.is_best and p.drawable), None)
+    if best is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[best.achieved],
+                y=[best.accuracy],
+                mode="markers",
+                marker={"symbol": "star-open", "size": 26, "color": "#d62728"},
+                name=f"chosen: round {best.round}",
+                hoverinfo="skip",
+            )
+        )
+    t = summary["target"]
+    fig.add_vline(
+        x=t["value"], line_dash="dash", line_color="#444444",
+        annotation_text=f"target {t['value']:g}x",
+    )  # fmt: skip
+    fig.update_layout(
+        title=_title(summary),
+        xaxis_title=axis_label(summary),
+        yaxis_title="validation accuracy (metric accuracy)",
+        width=1200,
+        height=750,
+        font={"size": 14},
+        template="plotly_white",
+    )
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def _hover(p: Point, row: dict[str, Any] | None) -> str:
+    lines = [f"<b>{p.label}</b> ({p.category})", f"accuracy {p.accuracy:.4f}"]
+    lines.append(f"achieved {p.achieved:.3f}x")
+    if row:
+        for key in ("speedup", "compression", "latency_ms", "param_count", "bytes"):
+            if row.get(key) is not None:
+                lines.append(f"{key} {row[key]:.4g}")
+        lines += [f"{k} = {v}" for k, v in row.get("params", {}).items()]
+    if p.run_id:
+        lines.append(f"run {p.run_id}")
+    return "<br>".join(lines)
