@@ -19,6 +19,7 @@ COMMANDS = (
     "pipeline.cli.submit",
     "pipeline.cli.deploy",
     "pipeline.cli.image",
+    "pipeline.cli.report",
     "pipeline.cli.spec",
 )
 
