@@ -179,6 +179,18 @@ class Data(_Strict):
         description="share held out for the final report when the source has no test split",
     )
     limit: int | None = Field(default=None, ge=10, description="use at most this many samples")
+    channels: int | None = Field(
+        default=None,
+        description="convert images to this many channels: 3 (grey to RGB, repeated) or 1 "
+        "(RGB to grey, ITU-R 601 luma); default: as the source yields them (digits: 1)",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(cls, v: int | None) -> int | None:
+        if v not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {v}")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -197,8 +209,8 @@ class Model(_Strict):
         description="zoo name, package.module:factory, model file, s3:// URI or "
         "models:/<name>/<version|latest>; a string `model` is this field. A factory is "
         "called with `options` as keyword arguments, plus `num_classes` (largest label + 1) "
-        "and `in_channels` (channels of one input) where its signature takes them (or "
-        "`**kwargs`) and `options` does not set them",
+        "and `in_channels` (channels of one input) only where its signature names them "
+        "and `options` does not set them",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the zoo model or factory"
@@ -207,6 +219,12 @@ class Model(_Strict):
         default=None,
         description="state dict (.safetensors or torch file, local or s3://) for the built "
         "model; without it the baseline is trained first",
+    )
+    output: str | int = Field(
+        default="auto",
+        description="which part of the model's output holds the logits: auto (the output "
+        "itself if a tensor, else `.logits` / ['logits'] / the only tensor of a tuple), a "
+        "key or attribute name, or a tuple index",
     )
 
     @field_validator("source")

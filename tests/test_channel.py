@@ -6,7 +6,7 @@ import torch
 
 from learners import get
 from learners.base import Context, ModelInfo
-from learners.channel import ChannelConfig, ChannelPruning, replay
+from learners.channel import ChannelConfig, ChannelPruning
 from pipeline import measure
 from pipeline.sources.zoo import build
 from tests.helpers import example_inputs, tiny_cnn
@@ -71,7 +71,7 @@ def test_history_replays_onto_a_fresh_model():
     model = tiny_cnn()
     x = example_inputs()
     pruned, history = ChannelPruning().prune(model, {"ratio.conv1": 0.5, "ratio.conv3": 0.25}, x)
-    replayed = replay(model, history, x)
+    replayed = ChannelPruning().replay(model, {"history": history}, _ctx(x, []))
     assert torch.allclose(replayed(x), pruned(x))
     assert replayed.conv1.out_channels == pruned.conv1.out_channels == 8  # 16 * (1 - 0.5)
     assert replayed.conv3.out_channels == pruned.conv3.out_channels == 24  # 32 * (1 - 0.25)

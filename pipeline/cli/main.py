@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from pipeline.cli.errors import UserError
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="compressflow",
         description="Find the most accurate compressed model that meets a measured target.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of an input error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
@@ -41,5 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"compressflow: error: {err}", file=sys.stderr)
         return 2

@@ -175,7 +175,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    # Heavy imports (torch, Prefect, MLflow) only once a job is really run: --help stays fast.
     from pipeline.flows import compress
+    from pipeline.job import preflight
     from pipeline.job.report import table
     from pipeline.records.storage import StorageError
     from pipeline.records.tracking import ui_command
@@ -187,6 +189,17 @@ def run(args: argparse.Namespace) -> int:
         f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
         f"{spec.data.source}, target {spec.target.kind} >= {spec.target.value:g} "
         f"({spec.target.runtime})",
+        flush=True,
+    )
+    try:
+        found = preflight.check(spec)
+    except preflight.PreflightError as err:
+        raise UserError(str(err)) from None
+    shape = "x".join(map(str, found.input_shape))
+    print(
+        f"preflight: {found.train_size} training samples of {shape}, "
+        f"{found.num_classes} classes; the model takes them"
+        + ("" if found.has_weights else " (no weights: the baseline is trained first)"),
         flush=True,
     )
     try:

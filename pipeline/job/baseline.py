@@ -13,7 +13,7 @@ from learners.finetune import train_
 from learners.formats import export
 from pipeline import measure
 from pipeline.job.settings import latency_settings, pretrain_settings, splits_for
-from pipeline.sources.models import build_model
+from pipeline.sources.models import build_model, with_logits_output
 from pipeline.spec import JobSpec
 
 
@@ -42,6 +42,8 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     model, has_weights = build_model(
         m.source, splits.num_classes, splits.input_shape[0], m.options, m.weights
     )
+    # A model returning a dict, tuple or output object is wrapped to return its logits.
+    model = with_logits_output(model, splits.example_inputs(), m.output)
     curve: dict[str, list[float]] = {}
     if not has_weights and spec.finetune.pretrain_epochs > 0:
         log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")

@@ -18,7 +18,9 @@ from pipeline.spec import JobSpec
 def splits_for(spec: JobSpec) -> Splits:
     """The job's train/validation/test splits (cached per process by the data source)."""
     d = spec.data
-    return load_splits(d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed)
+    return load_splits(
+        d.source, d.image_size, d.val_fraction, d.test_fraction, d.limit, spec.seed, d.channels
+    )
 
 
 def train_settings(spec: JobSpec) -> TrainSettings:

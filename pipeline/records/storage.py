@@ -133,6 +133,18 @@ def put(local: str | Path, uri: str) -> str:
     return uri
 
 
+def probe_writable(uri: str) -> None:
+    """Put an empty object at the s3:// ``uri`` and delete it again: the destination takes
+    writes (bucket exists, credentials allow it), checked before any work is done."""
+    bucket, key = split_s3(uri)
+    s3 = client()
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+        s3.delete_object(Bucket=bucket, Key=key)
+    except Exception as err:
+        raise _explain(err, uri, "write") from None
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a local path or an s3:// URI."""
     if is_s3(base):

@@ -216,9 +216,58 @@ def _from_callable(source: str) -> Splits:
     return Splits(train, val, test, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
 
 
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+def convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """A batch of images (N, C, ...) with ``channels`` channels: grey repeated to RGB, or
+    RGB to grey by ITU-R 601 luma; unchanged when ``channels`` is None or already met."""
+    have = x.shape[1]
+    if channels is None or have == channels:
+        return x
+    if have == 1 and channels == 3:
+        return x.repeat(1, 3, *([1] * (x.dim() - 2)))
+    if have == 3 and channels == 1:
+        weights = torch.tensor(_LUMA, dtype=x.dtype).reshape(1, 3, *([1] * (x.dim() - 2)))
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise DataSourceError(f"cannot convert {have}-channel inputs to {channels} channels")
+
+
+class _Channels(Dataset):
+    """A dataset whose inputs are converted to ``channels`` channels on the fly."""
+
+    def __init__(self, dataset: Dataset, channels: int) -> None:
+        self.dataset = dataset
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, *rest = self.dataset[i]
+        return (convert_channels(x.unsqueeze(0), self.channels)[0], *rest)
+
+
+def with_channels(splits: Splits, channels: int | None) -> Splits:
+    if channels is None or splits.input_shape[0] == channels:
+        return splits
+    convert_channels(torch.zeros(1, *splits.input_shape), channels)  # fails early if it can't
+    return Splits(
+        train=_Channels(splits.train, channels),
+        val=_Channels(splits.val, channels),
+        test=_Channels(splits.test, channels),
+        num_classes=splits.num_classes,
+        input_shape=(channels, *splits.input_shape[1:]),
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(key: str) -> Splits:
     o = json.loads(key)
+    return with_channels(_load_source(o), o.get("channels"))
+
+
+def _load_source(o: dict) -> Splits:
     source, size, seed = o["source"], o["image_size"], o["seed"]
     if source == "digits":
         x, y = load_digits_arrays(size)
@@ -243,8 +292,10 @@ def load_splits(
     test_fraction: float = 0.2,
     limit: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> Splits:
-    """The splits for a data source (cached per process: candidate tasks reload often)."""
+    """The splits for a data source (cached per process: candidate tasks reload often),
+    with inputs converted to ``channels`` channels when given."""
     key = json.dumps(
         dict(
             source=source,
@@ -253,6 +304,7 @@ def load_splits(
             test_fraction=test_fraction,
             limit=limit,
             seed=seed,
+            channels=channels,
         ),
         sort_keys=True,
     )

@@ -23,11 +23,15 @@ class ModelSourceError(ValueError):
 
 
 def _call_factory(factory, num_classes: int, in_channels: int, options: dict[str, Any]):
-    accepted = inspect.signature(factory).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    """Call a user factory with its options, plus ``num_classes`` and ``in_channels`` only
+    where its signature names them (a ``**kwargs`` factory would silently swallow them)."""
+    try:
+        accepted = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        accepted = set()  # a builtin or C callable: options only
     kwargs = dict(options)
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if key not in kwargs and (key in accepted or takes_kwargs):
+        if key not in kwargs and key in accepted:
             kwargs[key] = value
     return factory(**kwargs)
 
@@ -71,14 +75,25 @@ def build_model(
     if source.startswith("models:/"):
         return load_registered(source), True
     if source in zoo.names():
-        model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
+        try:
+            model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
+        except TypeError as err:
+            raise ModelSourceError(
+                f"zoo model {source!r} does not take these options {sorted(options)}: {err}"
+            ) from None
     elif ":" in source and not storage.is_s3(source) and not Path(source).exists():
         module_name, _, attr = source.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ModelSourceError(f"model factory {source!r} cannot be imported: {err}") from None
-        model = _call_factory(factory, num_classes, in_channels, options)
+        try:
+            model = _call_factory(factory, num_classes, in_channels, options)
+        except Exception as err:
+            raise ModelSourceError(
+                f"model factory {source} raised {type(err).__name__}: {err} "
+                f"(it was called with options {sorted(options)})"
+            ) from None
         if not isinstance(model, nn.Module):
             raise ModelSourceError(f"{source} returned {type(model).__name__}, not an nn.Module")
     else:
@@ -119,3 +134,72 @@ def load_registered(uri: str, tracking_uri: str | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelSourceError(f"model {uri} is a {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
+
+
+class OutputSelect(nn.Module):
+    """Wraps a model whose forward returns a dict, a tuple or an output object (as Hugging
+    Face models return ``.logits``) so that it returns the one tensor the job scores."""
+
+    def __init__(self, model: nn.Module, key: str | int) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pick_output(self.model(x), self.key)
+
+
+def pick_output(out: Any, key: str | int) -> torch.Tensor:
+    if isinstance(key, int):
+        return out[key]
+    if isinstance(out, dict):
+        return out[key]
+    return getattr(out, key)
+
+
+def output_key(out: Any, requested: str | int) -> str | int | None:
+    """Which part of a forward's output holds the logits: None for a plain tensor; with
+    ``auto``, ``.logits``/``["logits"]`` or the only tensor of a tuple; else as asked."""
+    if requested != "auto":
+        try:
+            picked = pick_output(out, requested)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            picked = None
+        if not isinstance(picked, torch.Tensor):
+            raise ModelSourceError(
+                f"model.output {requested!r} does not select a tensor from the model's "
+                f"output ({describe_output(out)})"
+            )
+        return requested
+    if isinstance(out, torch.Tensor):
+        return None
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return "logits"
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return "logits"
+    if isinstance(out, tuple | list):
+        tensors = [i for i, o in enumerate(out) if isinstance(o, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise ModelSourceError(
+        f"the model returns {describe_output(out)}: set model.output to the key, attribute "
+        "or index that holds the logits (e.g. output: logits, or output: 0)"
+    )
+
+
+def describe_output(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)}"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {len(out)} items"
+    return f"a {type(out).__name__} object"
+
+
+def with_logits_output(model: nn.Module, example: torch.Tensor, requested: str | int) -> nn.Module:
+    """``model`` itself when its forward returns the logits tensor, else wrapped so it does."""
+    with torch.no_grad():
+        out = model.eval()(example)
+    key = output_key(out, requested)
+    return model if key is None else OutputSelect(model, key).eval()

@@ -1,0 +1,245 @@
+"""Preflight: everything a job needs, checked in seconds before Prefect starts.
+
+The model and its weights load, the data loads with sane labels, one forward pass fits
+the data (input channels, one logit per class), the measure batch fits in memory, the
+device exists, and the output folder, the s3:// destination and the tracking store can be
+written. Each failure is a ``PreflightError`` whose one line names the problem and the
+fix; the CLI turns it into exit code 2 with no traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.job.settings import splits_for
+from pipeline.records import storage
+from pipeline.sources.data import DataSourceError, Splits
+from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
+from pipeline.spec import JobSpec
+
+TRACKING_TIMEOUT_S = 5.0
+
+
+class PreflightError(ValueError):
+    """A job that cannot run; the message names the problem and the fix in one line."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What preflight found, for the job's first log lines."""
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_size: int
+    has_weights: bool
+
+
+def check(spec: JobSpec) -> Checked:
+    check_device(spec)
+    splits = check_data(spec)
+    model, has_weights = check_model(spec, splits)
+    check_measure_batch(spec, model, splits)
+    check_output(spec.output)
+    check_tracking(spec.tracking.uri)
+    return Checked(splits.num_classes, splits.input_shape, len(splits.train), has_weights)  # type: ignore[arg-type]
+
+
+def check_device(spec: JobSpec) -> None:
+    wants_cuda = spec.device.startswith("cuda") or "cuda" in spec.target.runtimes
+    if wants_cuda and not torch.cuda.is_available():
+        where = f"device {spec.device!r}" if spec.device.startswith("cuda") else "runtime 'cuda'"
+        raise PreflightError(
+            f"{where} needs a CUDA GPU but torch sees none here (torch {torch.__version__}): "
+            "use device: cpu / auto and a CPU runtime, or run on a GPU worker"
+        )
+
+
+def check_data(spec: JobSpec) -> Splits:
+    source = spec.data.source
+    try:
+        splits = splits_for(spec)
+    except DataSourceError as err:
+        raise PreflightError(str(err)) from None
+    except Exception as err:
+        raise PreflightError(
+            f"data source {source} failed to load: {type(err).__name__}: {err}"
+        ) from None
+    for name in ("train", "val", "test"):
+        if len(getattr(splits, name)) == 0:  # type: ignore[arg-type]
+            raise PreflightError(
+                f"data source {source}: the {name} split is empty (use more data, or a "
+                "smaller data.val_fraction / data.test_fraction)"
+            )
+    labels = _labels(splits.train)
+    if labels.is_floating_point() or labels.is_complex():
+        raise PreflightError(
+            f"data source {source}: labels are {labels.dtype}, but classification needs "
+            "integer class indices 0..C-1 (convert them, e.g. y.long())"
+        )
+    if int(labels.min()) < 0:
+        raise PreflightError(
+            f"data source {source}: labels include {int(labels.min())}; class indices must "
+            "lie in 0..C-1"
+        )
+    present = torch.unique(labels).numel()
+    if present < 2:
+        raise PreflightError(
+            f"data source {source}: the training split holds {present} class; "
+            "classification needs at least two (check the labels or data.limit)"
+        )
+    return splits
+
+
+def _labels(dataset) -> torch.Tensor:
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1])
+    return torch.as_tensor([dataset[i][1] for i in range(len(dataset))])
+
+
+def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
+    m = spec.model
+    try:
+        model, has_weights = build_model(
+            m.source, splits.num_classes, splits.input_shape[0], m.options, m.weights
+        )
+    except (ModelSourceError, storage.StorageError) as err:
+        raise PreflightError(str(err)) from None
+    example = torch.stack([splits.train[i][0] for i in range(min(2, len(splits.train)))])  # type: ignore[arg-type]
+    try:
+        model = with_logits_output(model, example, m.output)
+    except ModelSourceError as err:
+        raise PreflightError(str(err)) from None
+    except Exception as err:
+        raise PreflightError(
+            _forward_failure(m.source, spec.data.source, model, example, err)
+        ) from None
+    with torch.no_grad():
+        out = model(example)
+    if out.dim() != 2 or out.shape[1] != splits.num_classes:
+        raise PreflightError(
+            f"model {m.source} outputs shape {tuple(out.shape)} for a batch of {len(example)}, "
+            f"but data {spec.data.source} has {splits.num_classes} classes: build it with "
+            f"num_classes={splits.num_classes} (a factory argument) or set model.output"
+        )
+    return model, has_weights
+
+
+def _forward_failure(source: str, data: str, model: nn.Module, x: torch.Tensor, err: Exception):
+    expected = first_input_channels(model)
+    shape = "x".join(map(str, x.shape[1:]))
+    if expected is not None and expected != x.shape[1]:
+        return (
+            f"model {source} expects {expected}-channel inputs but data {data} yields "
+            f"{shape} ({x.shape[1]} channel{'s' if x.shape[1] > 1 else ''}): set data.channels: "
+            f"{expected} or build the model with in_channels={x.shape[1]}"
+        )
+    return (
+        f"model {source} failed on one batch of data {data} (inputs {shape}): "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    )
+
+
+def first_input_channels(model: nn.Module) -> int | None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return module.in_channels
+        if isinstance(module, nn.Linear):
+            return None  # a Linear first: no channel dimension to compare
+    return None
+
+
+def check_measure_batch(spec: JobSpec, model: nn.Module, splits: Splits) -> None:
+    """Latency is timed on batches of ``measure.batch_size``: one must fit in memory."""
+    n = spec.measure.batch_size
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(n, *splits.input_shape))
+    except (RuntimeError, MemoryError) as err:
+        if (
+            "memory" in str(err).lower()
+            or "allocate" in str(err).lower()
+            or isinstance(err, MemoryError)
+        ):
+            raise PreflightError(
+                f"a measure batch of {n} does not fit in memory ({str(err).splitlines()[0]}): "
+                "lower measure.batch_size"
+            ) from None
+        raise
+
+
+def check_output(output: str) -> None:
+    """The output folder (or s3:// prefix) can be written: a probe file is put and removed."""
+    probe = f".compressflow-probe-{uuid.uuid4().hex[:8]}"
+    if storage.is_s3(output):
+        try:
+            storage.probe_writable(storage.join(output, probe))
+        except storage.StorageError as err:
+            raise PreflightError(f"output {output} is not writable: {err}") from None
+        return
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise PreflightError(f"output {output} is a file, not a folder: choose a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / probe).write_bytes(b"")
+        (folder / probe).unlink()
+    except OSError as err:
+        raise PreflightError(
+            f"output folder {output} cannot be written ({err.strerror}): choose a writable path"
+        ) from None
+
+
+def check_tracking(uri: str) -> None:
+    """A sqlite store's folder must be writable; an MLflow server must answer quickly."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".compressflow-probe-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise PreflightError(
+                f"tracking store folder {folder} cannot be written ({err.strerror})"
+            ) from None
+        return
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        health = parts._replace(
+            netloc=parts.hostname or "", path=parts.path.rstrip("/") + "/health"
+        )
+        if parts.port:
+            health = health._replace(netloc=f"{parts.hostname}:{parts.port}")
+        request = urllib.request.Request(health.geturl())
+        if parts.username:
+            token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answered (a proxy may not route /health): reachable
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise PreflightError(
+                f"MLflow tracking server {redact(uri)} does not answer ({reason}): start it, "
+                "or use a local store (tracking.uri: sqlite:///mlflow.db)"
+            ) from None
+
+
+def redact(uri: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://***@host``: credentials never printed."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
