@@ -78,14 +78,16 @@ def evaluate(
             teacher=teacher,
             seed=spec.seed + round_index,
         )
-        model = apply_chain(build_learners(spec), baseline, params, ctx).to("cpu").eval()
+        chain = build_learners(spec)
+        model = apply_chain(chain, baseline, params, ctx).to("cpu").eval()
         baseline.to("cpu")
         example = ctx.example_inputs
         result.records, result.curves = ctx.records, ctx.curves
         result.accuracy = accuracy(model, val_loader)
         result.param_count = measure.count_params(model)
         result.flops = _flops_or_none(model, example)
-        deployable = export.save_deployable(model, example, out / "deployable")
+        # The chain's last learner knows its deployable format (packed codes, int8 ONNX...).
+        deployable = chain[-1].save(model, example, out / "deployable")
         result.deployable_path = str(deployable)
         result.bytes = measure.file_bytes(deployable)
         result.compression = baseline_bytes / result.bytes
