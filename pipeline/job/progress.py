@@ -96,7 +96,7 @@ class SearchProgress:
 
             self._bar = Progress(
                 TextColumn("[bold]search"),
-                BarColumn(),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn() if self.total else TextColumn("{task.completed} rounds"),
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
