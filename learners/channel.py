@@ -60,8 +60,10 @@ class ChannelConfig:
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
     """Layers whose outputs are the network's outputs (their width must not change)."""
+    was_training = model.training
     with torch.no_grad():
         out = model.eval()(example_inputs)
+    model.train(was_training)  # the caller's model is left in the mode it was in
     width = out.shape[1]
     last = [m for m in model.modules() if isinstance(m, PRUNABLE)][-1:]
     return [

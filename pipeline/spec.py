@@ -18,7 +18,8 @@ from learners import registry
 from learners.chain import validate_chain
 from pipeline.sources.zoo import names
 
-RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda")
+RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
+GPU_RUNTIMES = ("cuda", "cuda-graph")
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 RUNNERS = ("threads", "dask")
@@ -47,7 +48,8 @@ class Target(_Strict):
     )
     runtime: str = Field(
         default="torch-cpu",
-        description="where latency is measured: torch-cpu, onnxruntime-cpu or cuda",
+        description="where latency is measured: torch-cpu, onnxruntime-cpu, cuda (eager "
+        "fp32) or cuda-graph (the forward captured once as a CUDA graph and replayed)",
     )
     # Further runtimes on which a candidate must also reach the speedup to count as
     # meeting the target (e.g. train on torch, ship on onnxruntime).

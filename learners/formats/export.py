@@ -29,10 +29,12 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
         warnings.simplefilter("ignore")
         # The TorchScript exporter: ~0.2 s for a small CNN against ~5 s for the dynamo one,
         # and it writes one self-contained file.
+        # Exported in eval mode; the exporter puts the model back in the mode it was in.
         torch.onnx.export(
-            model.eval(),
+            model,
             (example_inputs,),
             str(path),
+            training=torch.onnx.TrainingMode.EVAL,
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=["input"],

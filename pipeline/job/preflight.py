@@ -24,7 +24,7 @@ from pipeline.job.settings import splits_for
 from pipeline.records import storage
 from pipeline.sources.data import DataSourceError, Splits
 from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
-from pipeline.spec import JobSpec
+from pipeline.spec import GPU_RUNTIMES, JobSpec
 
 TRACKING_TIMEOUT_S = 5.0
 
@@ -54,9 +54,15 @@ def check(spec: JobSpec) -> Checked:
 
 
 def check_device(spec: JobSpec) -> None:
-    wants_cuda = spec.device.startswith("cuda") or "cuda" in spec.target.runtimes
+    """A CUDA device or a GPU runtime (``cuda``, ``cuda-graph``) needs a GPU torch can see."""
+    gpu_runtimes = [r for r in spec.target.runtimes if r in GPU_RUNTIMES]
+    wants_cuda = spec.device.startswith("cuda") or bool(gpu_runtimes)
     if wants_cuda and not torch.cuda.is_available():
-        where = f"device {spec.device!r}" if spec.device.startswith("cuda") else "runtime 'cuda'"
+        where = (
+            f"device {spec.device!r}"
+            if spec.device.startswith("cuda")
+            else f"runtime {gpu_runtimes[0]!r}"
+        )
         raise PreflightError(
             f"{where} needs a CUDA GPU but torch sees none here (torch {torch.__version__}): "
             "use device: cpu / auto and a CPU runtime, or run on a GPU worker"

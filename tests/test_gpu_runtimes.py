@@ -1,0 +1,160 @@
+"""The GPU runtimes (``cuda`` eager, ``cuda-graph`` captured) and the GPU preflight.
+
+What can run without a GPU runs here: which runner a runtime gets, settings validation,
+the cuDNN autotuner switch being restored, and the errors (exit 2 at preflight, one line)
+when a job asks for CUDA on a machine without it. Tests marked ``gpu`` need CUDA and skip
+cleanly without it; ``benchmarks/gpu_check.py`` runs whole jobs on a GPU.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import measure, spec
+from pipeline.cli.main import main
+from pipeline.job import preflight
+from tests.helpers import TINY_JOB, TinyNet, example_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+no_gpu = pytest.mark.skipif(CUDA, reason="checks the errors of a machine without CUDA")
+TARGET = {"target": {"speedup": 2}}
+
+
+def test_the_spec_and_measure_agree_on_the_runtimes():
+    assert spec.RUNTIMES == measure.RUNTIMES
+    assert spec.GPU_RUNTIMES == measure.GPU_RUNTIMES == ("cuda", "cuda-graph")
+    parsed = spec.parse({"target": {"speedup": 2, "runtime": "cuda-graph", "also_on": ["cuda"]}})
+    assert parsed.target.runtimes == ["cuda-graph", "cuda"]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
+        ({"batch_size": 0}, "batch_size >= 1"),
+        ({"repeats": 0}, "repeats >= 1"),
+        ({"warmup": -1}, "warmup >= 0"),
+    ],
+)
+def test_latency_settings_are_validated_when_made(fields, message):
+    with pytest.raises(ValueError, match=message):
+        measure.LatencySettings(**fields)
+
+
+def test_each_runtime_gets_its_runner_on_the_current_gpu(monkeypatch, tmp_path):
+    """Runner selection, with CUDA faked: eager on ``cuda``, a captured graph on
+    ``cuda-graph``, both on torch's current device (the worker's ``cuda:i``)."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(measure, "_torch_runner", lambda m, b, d: chosen.append(("eager", d)))
+    monkeypatch.setattr(measure, "_cuda_graph_runner", lambda m, b, d: chosen.append(("graph", d)))
+    for runtime in ("torch-cpu", "cuda", "cuda-graph"):
+        settings = measure.LatencySettings(runtime=runtime, batch_size=2)
+        measure.make_runner(TinyNet(), example_inputs(), settings, tmp_path, "m")
+    assert chosen == [("eager", "cpu"), ("eager", "cuda:3"), ("graph", "cuda:3")]
+
+
+def test_the_cudnn_autotuner_is_on_only_while_timing_a_gpu_runtime(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with measure.runtime_flags(measure.LatencySettings(runtime="torch-cpu")):
+        assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with measure.runtime_flags(measure.LatencySettings(runtime="cuda-graph")):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
+
+
+@no_gpu
+@pytest.mark.parametrize("runtime", measure.GPU_RUNTIMES)
+def test_a_gpu_runtime_without_cuda_is_a_clear_error(runtime, tmp_path):
+    model = TinyNet()
+    before = measure.fingerprint(model)
+    settings = measure.LatencySettings(runtime=runtime)
+    with pytest.raises(RuntimeError, match=f"runtime '{runtime}' was declared but no CUDA"):
+        measure.latency_ms(model, example_inputs(), settings, tmp_path)
+    assert measure.fingerprint(model) == before
+
+
+@no_gpu
+@pytest.mark.parametrize(
+    "fields, where",
+    [
+        ({"device": "cuda"}, "device 'cuda'"),
+        ({"device": "cuda:1"}, "device 'cuda:1'"),
+        ({"target": {"speedup": 2, "runtime": "cuda-graph"}}, "runtime 'cuda-graph'"),
+        ({"target": {"speedup": 2, "also_on": ["cuda"]}}, "runtime 'cuda'"),
+    ],
+)
+def test_preflight_refuses_cuda_without_a_gpu(fields, where):
+    job = spec.parse({**TARGET, **fields})
+    with pytest.raises(preflight.PreflightError, match=f"{where} needs a CUDA GPU"):
+        preflight.check_device(job)
+    preflight.check_device(spec.parse(TARGET))  # a CPU job passes
+
+
+@no_gpu
+def test_a_cuda_job_without_a_gpu_exits_2_with_one_line_and_records_nothing(tmp_path):
+    """The whole CLI, as a user runs it: exit 2 from preflight (before Prefect starts or
+    anything trains), one line on stderr, no traceback, no tracking store written."""
+    store = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "-m", "pipeline", "run", *TINY_JOB, "--target-speedup", "2"]
+    cmd += ["--device", "cuda", "--tracking-uri", f"sqlite:///{store}"]
+    cmd += ["--output", str(tmp_path / "out")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and "device 'cuda' needs a CUDA GPU" in lines[0], lines
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not store.exists() and not (tmp_path / "out").exists()
+
+
+@no_gpu
+def test_a_cuda_graph_job_without_a_gpu_exits_2(tmp_path, capsys):
+    flags = [*TINY_JOB, "--target-speedup", "2", "--runtime", "cuda-graph"]
+    flags += ["--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--output", str(tmp_path)]
+    assert main(["run", *flags]) == 2
+    assert "runtime 'cuda-graph' needs a CUDA GPU" in capsys.readouterr().err
+
+
+# ---- on a GPU ---------------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("runtime", measure.GPU_RUNTIMES)
+def test_gpu_timing_leaves_a_cpu_model_on_the_cpu_in_its_mode(runtime, tmp_path):
+    baseline, candidate = TinyNet().train(), TinyNet(width=4).train()
+    before = measure.fingerprint(baseline), measure.fingerprint(candidate)
+    settings = measure.LatencySettings(runtime=runtime, batch_size=8, warmup=2, repeats=5)
+    timing = measure.compare_latency(baseline, candidate, example_inputs(), settings, tmp_path)
+    assert timing.baseline_ms > 0 and timing.candidate_ms > 0
+    assert (measure.fingerprint(baseline), measure.fingerprint(candidate)) == before
+    # and the next CPU step still works (what broke on the GPU before)
+    assert measure.count_flops(baseline, example_inputs()) > 0
+
+
+@gpu
+def test_a_replayed_graph_computes_what_eager_mode_computes():
+    model = TinyNet().eval()
+    batch = torch.randn(8, 1, 8, 8)
+    run = measure._cuda_graph_runner(model, batch, "cuda")
+    run()
+    with torch.no_grad():
+        expected = model.cuda()(batch.cuda())
+    torch.testing.assert_close(run.output, expected, rtol=1e-3, atol=1e-3)
+
+
+@gpu
+def test_a_model_that_syncs_with_the_host_cannot_be_captured_and_says_so():
+    class Syncs(nn.Module):
+        def forward(self, x):
+            return x * float(x.sum().item())
+
+    with pytest.raises(RuntimeError, match="cannot be captured as a CUDA graph.*'cuda'"):
+        measure._cuda_graph_runner(Syncs(), torch.randn(2, 3), "cuda")
