@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.cuda", "docker/Dockerfile.mlflow"]
 
 
+def torch_pin() -> str:
+    """The exact torch the images install: constraints/cpu.txt's pin (pyproject.toml gives
+    a range, so the package installs next to any supported torch)."""
+    return re.search(r"^torch==([\d.]+)$", (ROOT / "constraints/cpu.txt").read_text(), re.M)[1]
+
+
+def gpu_template() -> dict:
+    return json.loads((ROOT / "deploy/k8s-gpu-job-template.json").read_text())
+
+
 def compose():
     return yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
 
@@ -53,7 +63,7 @@ def test_every_copy_source_exists_and_reaches_the_build_context(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES[:2])
 def test_worker_images_install_the_pinned_torch_and_start_a_declared_pool(dockerfile):
     ops = instructions(dockerfile)
-    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    pinned = torch_pin()
     assert any(op == "RUN" and f"torch=={pinned}" in args for op, args in ops)
     assert ("ENV" in dict(ops)) and "COMPRESSFLOW_HOME=/opt/compressflow" in dict(ops)["ENV"]
     cmd = json.loads(dict(ops)["CMD"])
@@ -156,3 +166,44 @@ def test_building_an_image_without_a_docker_engine_says_so(monkeypatch, tmp_path
     err = capsys.readouterr().err
     assert f"no Docker engine reachable at unix://{tmp_path}/no-docker.sock" in err
     assert "start Docker or set DOCKER_HOST" in err
+
+
+def test_the_cuda_image_carries_a_driver_independent_cuda_torch_and_keeps_it():
+    """No CUDA toolkit base image: the torch wheel from a cuXXX index brings the CUDA
+    runtime, so the host needs only a driver; the build fails if torch is a CPU build,
+    before or after the project's dependencies are installed (constrained to it)."""
+    ops = instructions("docker/Dockerfile.cuda")
+    assert ops[0][0] == "FROM" and ops[0][1].startswith("python:"), ops[0]
+    index = dict(ops)["ARG"]
+    assert re.fullmatch(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu1\d\d", index)
+    runs = [args for op, args in ops if op == "RUN"]
+    install = next(r for r in runs if "--index-url ${TORCH_INDEX}" in r)
+    assert f'"torch=={torch_pin()}"' in install and "torch.version.cuda" in install
+    project = next(r for r in runs if '".[dask]"' in r)
+    assert "-c /tmp/torch-cuda.txt" in project and "torch.version.cuda" in project
+    assert runs.index(install) < runs.index(project)
+    env = dict(ops)["ENV"]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute" in env
+    cpu = dict(instructions("docker/Dockerfile"))["ARG"]
+    assert cpu == "TORCH_INDEX=https://download.pytorch.org/whl/cpu"  # and not the other way
+
+
+def test_the_gpu_job_template_asks_for_one_gpu_tolerates_gpu_nodes_and_gives_shared_memory():
+    import jsonschema
+
+    template = gpu_template()
+    variables = template["variables"]["properties"]
+    assert variables["resources"]["default"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in variables[
+        "tolerations"
+    ]["default"]
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] == "/dev/shm"
+    assert volumes[mount["name"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "{{ shm_size }}"}
+    # every {{ placeholder }} of the job configuration is a declared variable
+    used = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
+    assert "shm_size" in used and used <= set(variables), used - set(variables)
+    defaults = {k: v["default"] for k, v in variables.items() if "default" in v}
+    jsonschema.validate(defaults, template["variables"])
