@@ -158,3 +158,38 @@ def test_a_model_that_syncs_with_the_host_cannot_be_captured_and_says_so():
 
     with pytest.raises(RuntimeError, match="cannot be captured as a CUDA graph.*'cuda'"):
         measure._cuda_graph_runner(Syncs(), torch.randn(2, 3), "cuda")
+
+
+# ---- loaders for training on a GPU --------------------------------------------------------
+
+
+def test_loaders_pin_memory_only_when_asked_and_use_no_workers_for_in_memory_tensors():
+    from pipeline.sources.data import load_splits
+
+    splits = load_splits("digits", image_size=8, limit=200)
+    default = splits.loaders(32)
+    assert [(ld.pin_memory, ld.num_workers) for ld in default] == [(False, 0)] * 3
+    pinned = splits.loaders(32, pin_memory=True)
+    assert [(ld.pin_memory, ld.num_workers) for ld in pinned] == [(True, 0)] * 3
+    # the same seeded batches either way
+    torch.testing.assert_close(next(iter(default[0]))[0], next(iter(pinned[0]))[0])
+
+
+def test_datasets_that_work_per_item_get_loader_workers_when_training_on_a_gpu(monkeypatch):
+    from torch.utils.data import Dataset
+
+    from pipeline.sources import data
+
+    class Decoded(Dataset):  # e.g. a callable source that decodes or augments per item
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 4, 4), i % 2
+
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 16)
+    splits = data.Splits(Decoded(), Decoded(), Decoded(), 2, (1, 4, 4))
+    assert splits.workers_for(pin_memory=True) == 4
+    assert splits.workers_for(pin_memory=False) == 0
+    train, *_ = splits.loaders(4, pin_memory=True, workers=0)  # an explicit count wins
+    assert train.num_workers == 0
