@@ -9,6 +9,7 @@ depend on the channel count, so a channel-pruned student still matches its teach
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -23,6 +24,16 @@ from torch.utils.data import DataLoader
 
 from learners.base import Context
 
+AUTOCASTS = ("none", "bf16")
+
+
+def autocast_for(settings: TrainSettings, device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for a training step on a CUDA device when the settings ask for it;
+    elsewhere nothing (CPU training stays fp32)."""
+    if settings.autocast == "bf16" and device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -30,6 +41,8 @@ class TrainSettings:
     lr: float = 0.05
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    # "bf16": forward and loss under torch.autocast on CUDA devices (weights stay fp32).
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.weight_decay < 0:
@@ -39,6 +52,8 @@ class TrainSettings:
             )
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"autocast must be one of {AUTOCASTS}, got {self.autocast!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,18 +330,19 @@ def _epochs(
     for epoch in range(settings.epochs):
         total, count = 0.0, 0
         for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = distillation_loss(logits, t_logits, y, distill)
-                if taps is not None:
-                    loss = loss + distill.feature_weight * attention_loss(
-                        taps[0].outputs, taps[1].outputs
-                    )
-            else:
-                loss = F.cross_entropy(logits, y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast_for(settings, device):
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = distillation_loss(logits, t_logits, y, distill)
+                    if taps is not None:
+                        loss = loss + distill.feature_weight * attention_loss(
+                            taps[0].outputs, taps[1].outputs
+                        )
+                else:
+                    loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

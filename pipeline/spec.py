@@ -20,6 +20,7 @@ from pipeline.sources.zoo import names
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
 GPU_RUNTIMES = ("cuda", "cuda-graph")
+AUTOCASTS = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 RUNNERS = ("threads", "dask")
@@ -131,6 +132,18 @@ class Finetune(_Strict):
     batch_size: int = Field(
         default=64, ge=1, description="training batch size, for pretraining and fine-tuning"
     )
+    autocast: str = Field(
+        default="none",
+        description="mixed precision while training on a CUDA device: bf16 (torch.autocast; "
+        "weights and optimiser stay fp32) or none; CPU training stays fp32",
+    )
+
+    @field_validator("autocast")
+    @classmethod
+    def _known_autocast(cls, v: str) -> str:
+        if v not in AUTOCASTS:
+            raise ValueError(f"finetune.autocast {v!r} is unknown; allowed: {AUTOCASTS}")
+        return v
 
 
 class Distillation(_Strict):

@@ -193,3 +193,41 @@ def test_datasets_that_work_per_item_get_loader_workers_when_training_on_a_gpu(m
     assert splits.workers_for(pin_memory=False) == 0
     train, *_ = splits.loaders(4, pin_memory=True, workers=0)  # an explicit count wins
     assert train.num_workers == 0
+
+
+# ---- mixed precision while training -------------------------------------------------------
+
+
+def test_autocast_is_a_validated_spec_field_that_reaches_the_training_settings():
+    from learners.finetune import TrainSettings
+    from pipeline.job.settings import pretrain_settings, train_settings
+
+    job = spec.parse({**TARGET, "finetune": {"autocast": "bf16"}})
+    assert train_settings(job).autocast == pretrain_settings(job).autocast == "bf16"
+    assert train_settings(spec.parse(TARGET)).autocast == "none"
+    with pytest.raises(spec.SpecError, match="finetune.autocast 'fp16' is unknown"):
+        spec.parse({**TARGET, "finetune": {"autocast": "fp16"}})
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        TrainSettings(autocast="fp16")
+
+
+def test_autocast_applies_on_cuda_devices_only():
+    from learners.finetune import TrainSettings, autocast_for
+
+    bf16 = TrainSettings(autocast="bf16")
+    with autocast_for(bf16, "cpu"):  # CPU training stays fp32
+        assert nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+    assert isinstance(autocast_for(bf16, "cuda:0"), torch.autocast)
+    assert not isinstance(autocast_for(TrainSettings(), "cuda:0"), torch.autocast)
+
+
+@gpu
+def test_bf16_autocast_trains_on_the_gpu_in_bf16_with_fp32_weights():
+    from learners.finetune import TrainSettings, train_
+    from tests.helpers_learners import digits_loaders
+
+    train, val = digits_loaders(n_train=256)
+    model = TinyNet()
+    curve = train_(model, train, val, TrainSettings(epochs=2, autocast="bf16"), device="cuda")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert curve["train_loss"][-1] < curve["train_loss"][0]

@@ -25,12 +25,17 @@ def splits_for(spec: JobSpec) -> Splits:
 
 def train_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
-    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay)
+    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay, autocast=f.autocast)
 
 
 def pretrain_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
-    return TrainSettings(epochs=f.pretrain_epochs, lr=f.pretrain_lr, weight_decay=f.weight_decay)
+    return TrainSettings(
+        epochs=f.pretrain_epochs,
+        lr=f.pretrain_lr,
+        weight_decay=f.weight_decay,
+        autocast=f.autocast,
+    )
 
 
 def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings | None:
