@@ -9,6 +9,7 @@ object and, separately, the device they run on. Nothing downstream parses a spec
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,13 +30,15 @@ from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report
 from pipeline.job.calibrate import uniform_start
 from pipeline.job.progress import SearchProgress
-from pipeline.job.resume import results_from_history
+from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, run_search, search_space
 from pipeline.job.settings import splits_for
 from pipeline.records import storage
 from pipeline.records.board import PrefectBoard
+from pipeline.records.redact import redact_data
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker
+from pipeline.runners import INTERRUPTS
 from pipeline.spec import JobSpec, parse
 
 
@@ -71,18 +74,40 @@ def _log(message: str) -> None:
     logger.info(message)
 
 
-def output_dir(spec: JobSpec) -> Path:
-    return Path(spec.output) / spec.job_name
+def output_dir(spec: JobSpec, run_id: str | None = None) -> Path:
+    """``<output>/<job>/<run id>``: each job run its own folder (``<output>/<job>`` with
+    no run id)."""
+    base = Path(spec.output) / spec.job_name
+    return base / run_id if run_id else base
+
+
+LATEST = "latest"
+
+
+def point_latest(job_folder: Path, run_id: str) -> None:
+    """``<output>/<job>/latest`` -> ``<run id>`` (a relative symlink, swapped atomically,
+    so concurrent jobs leave it pointing at one of them, never at nothing)."""
+    link = job_folder / LATEST
+    temporary = job_folder / f".{LATEST}-{run_id}"
+    temporary.unlink(missing_ok=True)
+    try:
+        temporary.symlink_to(run_id, target_is_directory=True)
+        temporary.replace(link)
+    except OSError:  # a file system without symlinks: the run folders are still there
+        temporary.unlink(missing_ok=True)
 
 
 @contextmanager
-def staged_output(spec: JobSpec) -> Iterator[Path]:
-    """The folder the job writes into: ``<output>/<job>``, or for an s3:// output a local
-    staging folder that lives as long as the job (candidates and the report work on local
-    files; ``publish`` uploads the deliverables at the end)."""
+def staged_output(spec: JobSpec, run_id: str | None = None) -> Iterator[Path]:
+    """The folder the job run writes into: ``<output>/<job>/<run id>`` (``latest`` beside
+    it points at the newest), or for an s3:// output a local staging folder that lives as
+    long as the job (candidates and the report work on local files; ``publish`` uploads
+    the deliverables at the end). Nothing of another run is ever overwritten."""
     if not storage.is_s3(spec.output):
-        out = output_dir(spec)
+        out = output_dir(spec, run_id)
         out.mkdir(parents=True, exist_ok=True)
+        if run_id:
+            point_latest(out.parent, run_id)
         yield out
         return
     with tempfile.TemporaryDirectory(prefix="compressflow-") as tmp:
@@ -96,7 +121,7 @@ def publish(
 ) -> dict[str, Any]:
     """Upload the deliverables (best model files, ONNX files, plot, job and summary) to the
     s3:// output; the summary then names them by their URIs (also the copy in MLflow)."""
-    dest = storage.join(spec.output, spec.job_name)
+    dest = storage.join(spec.output, spec.job_name, parent)
     files = sorted((out_dir / "best").rglob("*")) + [
         Path(summary["artifacts"]["baseline_onnx"]),
         out_dir / "candidates.png",
@@ -116,6 +141,8 @@ def publish(
     local = out_dir / "summary.json"
     local.write_text(json.dumps(summary, indent=2))
     storage.put(local, storage.join(dest, "summary.json"))
+    # The newest run's summary (naming its own run's files), as ``latest/`` is locally.
+    storage.put(local, storage.join(spec.output, spec.job_name, LATEST, "summary.json"))
     tracker.log_file(parent, local)
     _log(f"outputs uploaded to {dest}")
     return summary
@@ -151,24 +178,72 @@ def compress(spec: JobSpec | dict[str, Any], resume_run_id: str | None = None) -
     """Search for the most accurate compressed model meeting the job's target."""
     if not isinstance(spec, JobSpec):
         spec = parse(spec)
-    with staged_output(spec) as out_dir, runners.started(spec.runner, spec.budget.batch) as pool:
-        return run_job(spec, out_dir, pool, resume_run_id)
+    with runners.started(spec.runner, spec.budget.batch) as pool:
+        return run_job(spec, pool, resume_run_id)
 
 
-def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) -> dict[str, Any]:
-    """The job inside the flow: baseline, search with candidates on ``pool`` (a started
-    Prefect task runner), report."""
-    spec_data = spec.to_dict()  # for the records: job.json and the parent run's params
-    (out_dir / "job.json").write_text(json.dumps(spec_data, indent=2))
+def run_job(spec: JobSpec, pool: Any, resume_run_id: str | None) -> dict[str, Any]:
+    """The job inside the flow: the MLflow parent run (new, or the one resumed), its own
+    output folder, baseline, search with candidates on ``pool`` (a started Prefect task
+    runner), report. The parent ends FINISHED, FAILED, or KILLED (Ctrl-C, SIGTERM)."""
+    INTERRUPTS.install()  # Prefect swaps in its own SIGTERM handler while a flow runs
+    # For the records (job.json, the parent run's params): no credentials in any URI.
+    spec_data = redact_data(spec.to_dict())
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
+    parent = resume_run_id or tracker.start_job(spec.job_name, spec_data)
+    status = "FAILED"
+    try:
+        with staged_output(spec, parent) as out_dir:
+            _log(f"job run {parent}: files in {out_dir}")
+            (out_dir / "job.json").write_text(json.dumps(spec_data, indent=2))
+            base, base_seconds = _baseline(spec, out_dir, tracker, parent, resume_run_id)
+            with INTERRUPTS.graceful_section():
+                summary = _search_and_report(
+                    spec, out_dir, pool, resume_run_id, tracker, parent, base, base_seconds
+                )
+        status = "FINISHED"
+        return summary
+    finally:
+        tracker.finish(parent, status="KILLED" if INTERRUPTS.requested else status)
+
+
+def _baseline(
+    spec: JobSpec, out_dir: Path, tracker: Tracker, parent: str, resume_run_id: str | None
+) -> tuple[baseline_mod.Baseline, float]:
+    """Prepared (trained if it has no weights) and measured; a resumed run reuses the one
+    it saved and the figures it recorded instead."""
+    saved = out_dir / "baseline.json"
+    if resume_run_id:
+        reused = reuse_baseline(saved, tracker.recorded_baseline(parent))
+        if reused is not None:
+            _log(f"baseline: reused from run {parent} ({reused['model_path']})")
+            return baseline_mod.Baseline(**reused), 0.0
     started = time.perf_counter()
-    base = baseline_mod.Baseline(**prepare_baseline(spec, str(out_dir)))
-    base_seconds = time.perf_counter() - started
+    fields = prepare_baseline(spec, str(out_dir))
+    seconds = time.perf_counter() - started
+    if resume_run_id:  # the recorded figures stay the job's figures
+        fields = with_recorded_figures(fields, tracker.recorded_baseline(parent))
+    base = baseline_mod.Baseline(**fields)
+    saved.write_text(json.dumps(base.to_dict(), indent=2))
     _log(
         f"baseline: val acc {base.accuracy:.4f}, {base.latency_ms:.2f} ms/batch on "
         f"{spec.target.runtime}, {base.flops:,} FLOPs, {base.params:,} params, {base.bytes:,} bytes"
     )
-    parent = resume_run_id or tracker.start_job(spec.job_name, spec_data)
+    return base, seconds
+
+
+def _search_and_report(
+    spec: JobSpec,
+    out_dir: Path,
+    pool: Any,
+    resume_run_id: str | None,
+    tracker: Tracker,
+    parent: str,
+    base: baseline_mod.Baseline,
+    base_seconds: float,
+) -> dict[str, Any]:
+    """From the baseline on: a first Ctrl-C or SIGTERM here stops the search between
+    rounds and still writes the summary (see ``runners.Interrupts``)."""
     kind = spec.target.kind
     base_run = tracker.log_baseline(
         parent, report.baseline_result(spec, base, base_seconds), kind, reuse=bool(resume_run_id)
@@ -178,69 +253,130 @@ def run_job(spec: JobSpec, out_dir: Path, pool: Any, resume_run_id: str | None) 
         for run_id in (parent, base_run):
             tracker.log_dataset(run_id, **data)
     board = PrefectBoard(spec.job_name, log=_log)
-    failed = True
-    try:
-        splits = splits_for(spec)
-        info = ModelInfo(load_model(base.model_path), splits.example_inputs())
-        dims = search_space(spec, info)
-        rounds = spec.budget.rounds or 30
-        n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
-        state = SearchState(spec.target.kind, spec.target.value)
-        if resume_run_id:
-            done = results_from_history(tracker.history(resume_run_id), dims)
-            optimizer = Optimizer.from_history(
-                dims,
-                [(r.params, state.loss(r)) for r in done],
-                seed=spec.seed,
-                n_initial_points=n_init,
-            )
-            state.add(done)
-            _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
-        else:
-            optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
-            _seed_with_fixed_rule(spec, optimizer, info, base, out_dir)
-
-        def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
-            workdir = str(out_dir / "rounds")
-            futures = [
-                pool.submit(
-                    evaluate_candidate,
-                    {
-                        "spec": spec,
-                        "baseline_uri": base.model_path,
-                        "baseline_bytes": base.bytes,
-                        "params": p,
-                        "round_index": first + i,
-                        "workdir": workdir,
-                    },
-                )
-                for i, p in enumerate(proposals)
-            ]
-            return [f.result() for f in futures]
-
-        progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
-
-        def on_result(r: CandidateResult, feasible: bool) -> None:
-            tracker.log_candidate(parent, r, feasible, kind)
-            _log(describe(r, feasible))
-            progress.update(state)
-            rows = report.candidate_rows(state, {}, state.best())
-            board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))
-
-        started = time.perf_counter()
-        with progress:
-            state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
-        _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
-        summary = report.finalize(
-            spec, base, state, reason, tracker, parent, out_dir, log=_log, baseline_run_id=base_run
+    splits = splits_for(spec)
+    info = ModelInfo(load_model(base.model_path), splits.example_inputs())
+    dims = search_space(spec, info)
+    rounds = spec.budget.rounds or 30
+    n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
+    state = SearchState(spec.target.kind, spec.target.value)
+    if resume_run_id:
+        done = results_from_history(tracker.history(resume_run_id), dims)
+        optimizer = Optimizer.from_history(
+            dims,
+            [(r.params, state.loss(r)) for r in done],
+            seed=spec.seed,
+            n_initial_points=n_init,
         )
-        board.result(report.result_markdown(summary))
-        if storage.is_s3(spec.output):
-            summary = publish(spec, summary, out_dir, tracker, parent)
-        failed = False
-        return summary
-    finally:
-        tracker.finish(parent, failed=failed)
+        state.add(done)
+        _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
+    else:
+        optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
+        _seed_with_fixed_rule(spec, optimizer, info, base, out_dir)
+
+    def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+        if INTERRUPTS.requested:
+            raise Stopped([], 0)
+        workdir = str(out_dir / "rounds")
+        futures = [
+            pool.submit(
+                evaluate_candidate,
+                {
+                    "spec": spec,
+                    "baseline_uri": base.model_path,
+                    "baseline_bytes": base.bytes,
+                    "params": p,
+                    "round_index": first + i,
+                    "workdir": workdir,
+                },
+            )
+            for i, p in enumerate(proposals)
+        ]
+        return gather(futures)
+
+    progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
+
+    def on_result(r: CandidateResult, feasible: bool) -> None:
+        tracker.log_candidate(parent, r, feasible, kind)
+        _log(describe(r, feasible))
+        progress.update(state)
+        rows = report.candidate_rows(state, {}, state.best())
+        board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))
+
+    started = time.perf_counter()
+    with progress:
+        try:
+            state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
+        except Stopped as stop:
+            reason = record_stop(stop, state, on_result, pool)
+    _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
+    final_spec = spec
+    if INTERRUPTS.requested and spec.tracking.register_model:
+        # An interrupted job reports its best so far; it does not publish a new version.
+        final_spec = spec.model_copy(
+            update={"tracking": spec.tracking.model_copy(update={"register_model": False})}
+        )
+    summary = report.finalize(
+        final_spec,
+        base,
+        state,
+        reason,
+        tracker,
+        parent,
+        out_dir,
+        log=_log,
+        baseline_run_id=base_run,
+    )
+    summary = _without_credentials(summary, out_dir, tracker, parent)
+    board.result(report.result_markdown(summary))
+    if storage.is_s3(spec.output):
+        summary = publish(spec, summary, out_dir, tracker, parent)
+    return summary
+
+
+def _without_credentials(
+    summary: dict[str, Any], out_dir: Path, tracker: Tracker, parent: str
+) -> dict[str, Any]:
+    """The summary with every URI's credentials redacted (a ``postgresql://user:pw@``
+    tracking URI stays as given for connecting), rewritten where it was written."""
+    clean = redact_data(summary)
+    if clean != summary:
+        (out_dir / "summary.json").write_text(json.dumps(clean, indent=2))
+        tracker.log_file(parent, out_dir / "summary.json")
+    return clean
+
+
+class Stopped(Exception):
+    """A stop request (Ctrl-C, SIGTERM) seen between or during rounds: ``finished`` are the
+    raw results of the batch's rounds that completed, ``running`` how many were left."""
+
+    def __init__(self, finished: list[dict[str, Any]], running: int) -> None:
+        super().__init__("stop requested")
+        self.finished, self.running = finished, running
+
+
+def gather(futures: list[Any], poll: float = 0.25) -> list[dict[str, Any]]:
+    """The batch's results in order; on a stop request, ``Stopped`` with those done."""
+    while True:
+        pending = [f for f in futures if not f.wrapped_future.done()]
+        if not pending:
+            return [f.result() for f in futures]
+        if INTERRUPTS.requested:
+            done = [f.result() for f in futures if f.wrapped_future.done()]
+            raise Stopped(done, len(pending))
+        pending[0].wait(timeout=poll)
+
+
+def record_stop(stop: Stopped, state: SearchState, on_result: Any, pool: Any) -> str:
+    """Record the rounds of the interrupted batch that finished; abandon the rest."""
+    batch = [CandidateResult.from_dict(r) for r in stop.finished]
+    state.add(batch)
+    for r in batch:
+        on_result(r, state.feasible(r))
+    if stop.running:
+        runners.abandon(pool)
+    name = signal.Signals(INTERRUPTS.signum or signal.SIGINT).name
+    left = f", {stop.running} running round(s) abandoned" if stop.running else ""
+    return f"interrupted by {name}{left}"
 
 
 def _seed_with_fixed_rule(spec: JobSpec, optimizer: Optimizer, info, base, out_dir: Path) -> None:

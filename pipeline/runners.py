@@ -6,15 +6,22 @@ The flow enters the runner once per job and submits every candidate to it, so th
 ``compress`` entrypoint honours ``runner:`` for ``compressflow run`` and for a flow run a
 worker starts from a deployment alike. Device picking is a pure function of the requested
 device, the worker's slot and the visible GPU count, so it is tested on CPU.
+
+A job started by ``compressflow run`` is also stopped here: ``INTERRUPTS`` turns the first
+SIGINT or SIGTERM into a stop request that the flow honours between rounds (the rounds
+that finished are recorded, the ones still running are abandoned), and a second one into
+an immediate exit.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -27,6 +34,104 @@ _TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 class RunnerError(RuntimeError):
     """The task runner or device a job asks for cannot be had; the message says why."""
+
+
+class Interrupted(Exception):
+    """A SIGINT or SIGTERM stopped the job before its search began (nothing recorded)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM for a job run from the command line.
+
+    The first signal is a stop request. While the search runs (``graceful``), it only
+    sets ``signum``: the flow stops proposing, records the rounds that finished, abandons
+    the ones still running, writes the summary with the best so far and marks the MLflow
+    parent run KILLED. Before that (the baseline), nothing is on record yet, so it raises
+    ``Interrupted`` at once. A second signal runs ``on_exit`` hooks (stop the temporary
+    Prefect server) and exits immediately with 128 + the signal number.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self.graceful = False
+        self.on_exit: list[Callable[[], None]] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, frame: object = None) -> None:
+        if self.signum is not None:
+            for hook in self.on_exit:
+                with suppress(Exception):
+                    hook()
+            os.write(2, b"\ncompressflow: second interrupt: exiting now\n")
+            os._exit(128 + signum)
+        self.signum = signum
+        os.write(
+            2,
+            f"\ncompressflow: {signal.Signals(signum).name}: stopping (press Ctrl-C again to "
+            "exit at once)\n".encode(),
+        )
+        if not self.graceful:
+            raise Interrupted(signum)
+
+    def install(self) -> None:
+        """Take SIGINT and SIGTERM (main thread only). Prefect swaps SIGTERM for its own
+        handler while a flow runs; the flow calls this again inside its body."""
+        if not self.armed or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            signal.signal(sig, self.handle)
+
+    @contextmanager
+    def armed_for_job(self) -> Iterator[Interrupts]:
+        """For the length of a ``compressflow run`` (a worker's flow run is stopped by
+        Prefect's own cancellation instead)."""
+        previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+        self.armed, self.signum, self.graceful = True, None, False
+        self.install()
+        try:
+            yield self
+        finally:
+            self.armed = False
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextmanager
+    def graceful_section(self) -> Iterator[None]:
+        """From here a first signal only asks the search to stop (see the class)."""
+        if self.signum is not None and not self.graceful:
+            raise Interrupted(self.signum)
+        self.graceful = True
+        try:
+            yield
+        finally:
+            self.graceful = False
+
+
+INTERRUPTS = Interrupts()
+
+
+def abandon(pool: Any) -> None:
+    """Leave a thread pool's running candidates behind, so stopping the job does not wait
+    for them (``ThreadPoolTaskRunner`` joins its threads on exit). The process then ends
+    with ``os._exit`` (see ``pipeline.cli.run``), which does not join them either."""
+    executor = getattr(pool, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+        pool._executor = None
 
 
 def task_runner(runner: Runner, batch: int) -> Any:

@@ -349,3 +349,47 @@ def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
+
+
+def cli_background(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The ``compressflow`` command started in the background, in its own process group
+    (as a terminal runs it: a signal to the group reaches the job and its children)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", MAIN, *args],
+            env=base_env(**env),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``text`` appears in ``log``; fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before {text!r}:\n{tail(log)}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} after {timeout:.0f} s:\n{tail(log)}")
+
+
+def children_of(pid: int, needle: str) -> list[int]:
+    """Processes whose command line holds ``needle`` and ``str(pid)`` (e.g. the temporary
+    Prefect server a job started: ``pipeline.cli.prefect_api <job pid> <port>``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in cmd]
+        if any(needle in w for w in words) and str(pid) in words:
+            found.append(int(entry.name))
+    return found

@@ -169,7 +169,7 @@ def test_publishing_uploads_the_deliverables_and_renames_them_in_the_summary(aws
         tracker = RecordingTracker()
         published = flows.publish(spec, summary, out, tracker, "parent-1")
     assert not out.exists()  # the staging folder goes with the job
-    prefix = f"s3://{BUCKET}/out/pub/"
+    prefix = f"s3://{BUCKET}/out/pub/parent-1/"  # each job run its own folder
     assert published["artifacts"] == {
         "baseline_onnx": prefix + "baseline/model.onnx",
         "best_onnx": prefix + "best/model.onnx",
@@ -178,11 +178,13 @@ def test_publishing_uploads_the_deliverables_and_renames_them_in_the_summary(aws
     assert published["best"]["deployable"] == prefix + "best/model.packed"
     keys = set(aws.keys(BUCKET, "out/pub/"))
     assert keys == {
-        "out/pub/summary.json",
-        "out/pub/best/model.pt",
-        "out/pub/best/model.onnx",
-        "out/pub/best/model.packed",
-        "out/pub/baseline/model.onnx",
+        "out/pub/latest/summary.json",
+        "out/pub/parent-1/summary.json",
+        "out/pub/parent-1/best/model.pt",
+        "out/pub/parent-1/best/model.onnx",
+        "out/pub/parent-1/best/model.packed",
+        "out/pub/parent-1/baseline/model.onnx",
     }
-    body = aws.client().get_object(Bucket=BUCKET, Key="out/pub/summary.json")["Body"].read()
-    assert json.loads(body) == published == tracker.logged[0][1]  # MLflow's copy agrees
+    for key in ("out/pub/parent-1/summary.json", "out/pub/latest/summary.json"):
+        body = aws.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert json.loads(body) == published == tracker.logged[0][1]  # MLflow's copy agrees

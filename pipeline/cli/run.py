@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +177,14 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     # Heavy imports (torch, Prefect, MLflow) only once a job is really run: --help stays fast.
-    from pipeline.flows import compress
-    from pipeline.job import preflight
-    from pipeline.job.report import table
-    from pipeline.records.storage import StorageError
-    from pipeline.records.tracking import ui_command
-    from pipeline.runners import RunnerError
-    from pipeline.sources.data import DataSourceError
-    from pipeline.sources.models import ModelSourceError
+    from pipeline.records.redact import credentials_to_env
+    from pipeline.runners import INTERRUPTS, Interrupted
+
+    # An MLflow server's password goes to MLflow's own environment settings: the spec the
+    # job carries (into Prefect's records too), records and prints has none.
+    uri = credentials_to_env(spec.tracking.uri)
+    if uri != spec.tracking.uri:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})})
 
     print(
         f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
@@ -191,8 +192,41 @@ def run(args: argparse.Namespace) -> int:
         f"({spec.target.runtime})",
         flush=True,
     )
+    with INTERRUPTS.armed_for_job():
+        try:
+            code = _run_job(spec, args)
+        except Interrupted as err:
+            print(f"compressflow: {err} before the search began (no rounds recorded)")
+            code = err.exit_code
+        except Exception:
+            if not INTERRUPTS.requested:
+                raise
+            # The signal surfaced as another error somewhere inside Prefect or MLflow.
+            print("compressflow: interrupted before the job could record anything")
+            code = 128 + (INTERRUPTS.signum or 2)
+        if INTERRUPTS.requested:
+            # 130 (SIGINT) or 143 (SIGTERM), whatever the job reached. Rounds still running
+            # were abandoned: os._exit does not wait for their threads.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + (INTERRUPTS.signum or 2))
+    return code
+
+
+def _run_job(spec: Any, args: argparse.Namespace) -> int:
+    from pipeline.cli import prefect_api
+    from pipeline.flows import compress
+    from pipeline.job import preflight
+    from pipeline.job.report import table
+    from pipeline.records.redact import redact
+    from pipeline.records.storage import StorageError
+    from pipeline.records.tracking import ui_command
+    from pipeline.runners import INTERRUPTS, Interrupted, RunnerError
+    from pipeline.sources.data import DataSourceError
+    from pipeline.sources.models import ModelSourceError
+
     try:
-        found = preflight.check(spec)
+        found = preflight.check(spec, args.resume)
     except preflight.PreflightError as err:
         raise UserError(str(err)) from None
     shape = "x".join(map(str, found.input_shape))
@@ -203,15 +237,34 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        summary = compress(spec, resume_run_id=args.resume)
-    except (DataSourceError, ModelSourceError, StorageError, RunnerError) as err:
+        user_errors = (
+            DataSourceError,
+            ModelSourceError,
+            StorageError,
+            RunnerError,
+            preflight.PreflightError,
+            Interrupted,
+        )
+        with prefect_api.serving() as api, prefect_api.quiet_console(user_errors):
+            if api is not None:
+                INTERRUPTS.on_exit.append(api.kill_now)
+            summary = compress(spec, resume_run_id=args.resume)
+    except prefect_api.PrefectStartError as err:
+        print(f"compressflow: error: {err}", file=sys.stderr)
+        return 1
+    except user_errors as err:  # PreflightError: a baseline at chance, found once it is trained
+        if isinstance(err, Interrupted):
+            raise
         raise UserError(str(err)) from None
     print()
     print(table(summary))
     if args.summary_json:
         write_summary(summary, args.summary_json)
         print(f"summary: {args.summary_json}")
-    print(f"MLflow UI: {ui_command(spec.tracking.uri)}")
+    print(f"MLflow UI: {redact(ui_command(spec.tracking.uri))}")
+    if INTERRUPTS.requested:
+        print(f"stopped: {summary['stop_reason']} (resume with --resume "
+              f"{summary['mlflow']['parent_run_id']})")  # fmt: skip
     return 0 if summary["target_met"] else EXIT_TARGET_NOT_MET
 
 

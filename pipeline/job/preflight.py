@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
 from pipeline.records import storage
+from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
 from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
 from pipeline.spec import GPU_RUNTIMES, JobSpec
@@ -43,13 +45,18 @@ class Checked:
     has_weights: bool
 
 
-def check(spec: JobSpec) -> Checked:
+def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
     check_device(spec)
     splits = check_data(spec)
     model, has_weights = check_model(spec, splits)
     check_measure_batch(spec, model, splits)
     check_output(spec.output)
     check_tracking(spec.tracking.uri)
+    if resume_run_id:
+        try:
+            check_resumable(spec, resume_run_id)
+        except ResumeError as err:
+            raise PreflightError(str(err)) from None
     return Checked(splits.num_classes, splits.input_shape, len(splits.train), has_weights)  # type: ignore[arg-type]
 
 
@@ -241,11 +248,3 @@ def check_tracking(uri: str) -> None:
                 f"MLflow tracking server {redact(uri)} does not answer ({reason}): start it, "
                 "or use a local store (tracking.uri: sqlite:///mlflow.db)"
             ) from None
-
-
-def redact(uri: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host``: credentials never printed."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri

@@ -18,8 +18,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.records.filelock import locked
+from pipeline.records.redact import credentials_to_env, redact_data
 from pipeline.records.results import CandidateResult
 
 # Logged on every candidate child run and on the `baseline` child run (units: README).
@@ -161,10 +164,19 @@ def _like_prefix(text: str) -> str:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
+        uri = credentials_to_env(uri)  # a server's password is never recorded or shown
         db_file = _sqlite_file(uri)
-        if db_file is not None:
-            db_file.parent.mkdir(parents=True, exist_ok=True)
+        if db_file is None:
+            self._open(uri, experiment, None)
+            return
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        # Jobs started together on a fresh store raced through MLflow's table creation and
+        # migrations (one died with a migration error); they now take turns, here only.
+        with locked(db_file.with_name(db_file.name + ".lock")):
             relocate_store(db_file)  # a store that was moved keeps its artifacts readable
+            self._open(uri, experiment, db_file)
+
+    def _open(self, uri: str, experiment: str, db_file: Path | None) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -177,13 +189,20 @@ class Tracker:
             # A local store keeps its artifacts beside its database, so the whole record
             # of a job is one folder (the demo's lives inside the checkout).
             location = (db_file.parent / ARTIFACTS_FOLDER).as_uri() if db_file else None
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location, tags=EXPERIMENT_KIND
-            )
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location, tags=EXPERIMENT_KIND
+                )
+            except MlflowException:  # another job (on a server store) created it first
+                again = self.client.get_experiment_by_name(experiment)
+                if again is None:
+                    raise
+                self.experiment_id = again.experiment_id
         self._provenance = provenance_tags()
 
     # -- parent ---------------------------------------------------------------------
     def start_job(self, name: str, spec: dict[str, Any]) -> str:
+        spec = redact_data(spec)  # params and spec.json: no credentials in any URI
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
@@ -234,8 +253,9 @@ class Tracker:
         tags = [InputTag("mlflow.data.context", context)]
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
-    def finish(self, run_id: str, failed: bool = False) -> None:
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    def finish(self, run_id: str, failed: bool = False, status: str | None = None) -> None:
+        """End the parent run: FINISHED, FAILED, or ``status`` (KILLED: Ctrl-C, SIGTERM)."""
+        self.client.set_terminated(run_id, status or ("FAILED" if failed else "FINISHED"))
 
     # -- children -------------------------------------------------------------------
     def _child(
@@ -328,6 +348,11 @@ class Tracker:
             ),
             max_results=10000,
         )
+
+    def recorded_baseline(self, parent_run_id: str) -> dict[str, float] | None:
+        """The metrics of the job's ``baseline`` child run (``None`` if it has none)."""
+        found = self.children(parent_run_id, kind="baseline")
+        return dict(found[0].data.metrics) if found else None
 
     def child_ids(self, parent_run_id: str) -> dict[int, str]:
         """Round -> run id of the job's candidate runs."""
