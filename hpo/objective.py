@@ -1,17 +1,24 @@
 """The scalar the optimizer minimises, from one candidate's measured result.
 
-loss = (1 - accuracy) + PENALTY * shortfall, where shortfall is the relative distance
-below the target (0 once met). It is continuous at the target boundary, which a GP
-surrogate models far better than a jump, and steep enough that missing a 2x target by
-5% costs as much as 25 points of accuracy. Infeasible rounds are graded, never dropped;
-the flow still picks the winner among feasible candidates first. Failed rounds score
-worst of all.
+loss = (1 - accuracy) + PENALTY * shortfall + PENALTY * excess_drop, where shortfall is
+the relative distance below the target (0 once met) and excess_drop the accuracy lost
+beyond the job's floor (``max_accuracy_drop``; 0 within it). Both terms are continuous at
+their boundary, which a GP surrogate models far better than a jump, and steep enough that
+missing a 2x target by 5% costs as much as 25 points of accuracy, and 5 points below the
+floor as much again. Infeasible rounds are graded, never dropped; the flow still picks the
+winner among feasible candidates first. Failed rounds score worst of all.
+
+"At chance" means no better than guessing: below 1/classes + CHANCE_MARGIN. Such a model
+is never feasible, whatever its speed.
 """
 
 from __future__ import annotations
 
 PENALTY = 5.0
-FAILED_LOSS = 1.0 + PENALTY
+FAILED_LOSS = 1.0 + 2 * PENALTY
+# 5 points above 1/classes: 0.15 for 10 classes, 0.55 for 2. The issue's collapsed models
+# sat at 0.098-0.101 on 10 classes; a model that learnt anything is far above.
+CHANCE_MARGIN = 0.05
 
 
 def shortfall(achieved: float, target: float) -> float:
@@ -21,7 +28,25 @@ def shortfall(achieved: float, target: float) -> float:
     return min(1.0, (target - achieved) / target)
 
 
-def loss(accuracy: float | None, achieved: float | None, target: float) -> float:
+def excess_drop(accuracy: float, floor: float | None) -> float:
+    """How far ``accuracy`` lies below ``floor`` (0 at or above it, or without a floor)."""
+    if floor is None or accuracy >= floor:
+        return 0.0
+    return min(1.0, floor - accuracy)
+
+
+def at_chance(accuracy: float, chance: float | None) -> bool:
+    """Whether ``accuracy`` is no better than guessing (never, when chance is unknown)."""
+    return chance is not None and accuracy < chance + CHANCE_MARGIN
+
+
+def loss(
+    accuracy: float | None, achieved: float | None, target: float, floor: float | None = None
+) -> float:
     if accuracy is None or achieved is None:
         return FAILED_LOSS
-    return (1.0 - accuracy) + PENALTY * shortfall(achieved, target)
+    return (
+        (1.0 - accuracy)
+        + PENALTY * shortfall(achieved, target)
+        + PENALTY * excess_drop(accuracy, floor)
+    )

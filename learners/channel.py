@@ -149,7 +149,7 @@ class ChannelPruning(LearnerDefaults):
             },
             "history": history,
         }
-        # Training already re-estimates BatchNorm for the pruned widths: no recalibration.
+        # BatchNorm statistics are re-estimated by the candidate step (pipeline.job.candidate).
         finish_finetune_(pruned, ctx.finetune(pruned), ctx, self.name, recalibrate_bn=False)
         return pruned
 

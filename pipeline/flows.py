@@ -31,7 +31,7 @@ from pipeline.job import candidate, report
 from pipeline.job.calibrate import uniform_start
 from pipeline.job.progress import SearchProgress
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
-from pipeline.job.search import SearchState, run_search, search_space
+from pipeline.job.search import SearchState, run_search, search_space, state_for
 from pipeline.job.settings import splits_for
 from pipeline.records import storage
 from pipeline.records.board import PrefectBoard
@@ -258,7 +258,7 @@ def _search_and_report(
     dims = search_space(spec, info)
     rounds = spec.budget.rounds or 30
     n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
-    state = SearchState(spec.target.kind, spec.target.value)
+    state = state_for(spec, base.accuracy, splits.num_classes)
     if resume_run_id:
         done = results_from_history(tracker.history(resume_run_id), dims)
         optimizer = Optimizer.from_history(

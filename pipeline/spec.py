@@ -24,6 +24,7 @@ AUTOCASTS = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 RUNNERS = ("threads", "dask")
+TASKS = ("classification", "custom")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DATA_SCHEMES = ("digits", "cifar10:<dir>", "imagefolder:<dir>", "package.module:callable")
 
@@ -51,6 +52,15 @@ class Target(_Strict):
         default="torch-cpu",
         description="where latency is measured: torch-cpu, onnxruntime-cpu, cuda (eager "
         "fp32) or cuda-graph (the forward captured once as a CUDA graph and replayed)",
+    )
+    max_accuracy_drop: float = Field(
+        default=5.0,
+        ge=0,
+        le=100,
+        description="validation accuracy, in points, a candidate may lose against the "
+        "baseline and still count (more: infeasible, whatever its speed); for a custom "
+        "`evaluate` metric, hundredths of its value (5 = 0.05). Default 5: a guard against "
+        "collapse above the noise of a small validation split, not a quality bar",
     )
     # Further runtimes on which a candidate must also reach the speedup to count as
     # meeting the target (e.g. train on torch, ship on onnxruntime).
@@ -131,6 +141,25 @@ class Finetune(_Strict):
     )
     batch_size: int = Field(
         default=64, ge=1, description="training batch size, for pretraining and fine-tuning"
+    )
+    warmup: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of the training steps over which the learning rate rises "
+        "linearly before its cosine decay, for pretraining and fine-tuning",
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="restarts, each at 0.3x the learning rate, when training diverges "
+        "(non-finite or exploding loss, accuracy stuck at chance); logged and recorded",
+    )
+    bn_recalibration_batches: int = Field(
+        default=200,
+        ge=0,
+        description="training batches over which BatchNorm statistics are re-estimated "
+        "for the baseline and every candidate before accuracy is measured; 0 = off",
     )
     autocast: str = Field(
         default="none",
@@ -337,11 +366,56 @@ class JobSpec(_Strict):
         description="seed for the splits, baseline training and optimiser; round i "
         "fine-tunes with seed + i",
     )
+    allow_untrained_baseline: bool = Field(
+        default=False,
+        description="go on with a classification baseline within 5 points of chance "
+        "(1/classes) instead of stopping before the search (exit 2)",
+    )
+    task: str = Field(
+        default="classification",
+        description="classification (top-1 accuracy, cross-entropy on integer labels) or "
+        "custom (your `evaluate`, and `loss` or cross-entropy); `evaluate` implies custom",
+    )
+    evaluate: str | None = Field(
+        default=None,
+        description="package.module:fn(model, loader, device) -> float, higher is better: "
+        "the metric for the search reward, the accuracy floor and the report",
+    )
+    loss: str | None = Field(
+        default=None,
+        description="package.module:fn(model, batch) -> scalar tensor: the training loss "
+        "for pretraining and fine-tuning (distillation adds output matching); default "
+        "cross-entropy",
+    )
 
     @field_validator("model", "data", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         return {"source": v} if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _evaluate_implies_custom(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("evaluate") and "task" not in data:
+            return {**data, "task": "custom"}
+        return data
+
+    @model_validator(mode="after")
+    def _task(self) -> JobSpec:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is unknown; allowed: {TASKS}")
+        for key in ("evaluate", "loss"):
+            value = getattr(self, key)
+            if value is not None and not _FACTORY.match(value):
+                raise ValueError(f"{key} {value!r} must look like package.module:function")
+        if self.task == "custom" and not self.evaluate:
+            raise ValueError("task custom needs evaluate: package.module:fn (its metric)")
+        if self.task == "classification" and self.evaluate:
+            raise ValueError(
+                "evaluate replaces classification's top-1 accuracy: set task: custom "
+                "(or leave task out)"
+            )
+        return self
 
     @field_validator("learners", mode="before")
     @classmethod
@@ -413,6 +487,11 @@ def parse(data: dict[str, Any]) -> JobSpec:
 
 
 def load(path: str | Path) -> JobSpec:
+    return parse(load_raw(path))
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """A job file's mapping as written, not yet validated (flags may complete it)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"job file {path} does not exist")
@@ -422,7 +501,7 @@ def load(path: str | Path) -> JobSpec:
         raise SpecError(f"job file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise SpecError(f"job file {path} must hold a mapping at the top level")
-    return parse(data)
+    return data
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

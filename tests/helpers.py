@@ -39,11 +39,14 @@ def example_inputs(size: int = 8, channels: int = 1) -> torch.Tensor:
 
 
 # A job small enough for a test: the tiny CNN on 400 digits at 8x8, short training and
-# timing. Callers add the target, rounds, tracking and output flags.
+# timing. Callers add the target, rounds, tracking and output flags. Six pretraining
+# epochs take the baseline well above chance (two left it at 0.10-0.19 on 10 classes,
+# which the job now refuses); one fine-tune epoch loses more than the default 5-point
+# floor on so small a model, so these mechanics tests allow any drop short of chance.
 TINY_JOB = [
     "--model", "tests.helpers:tiny_cnn",
     "--data", "digits", "--image-size", "8", "--data-limit", "400",
-    "--pretrain-epochs", "2", "--epochs", "1",
+    "--pretrain-epochs", "6", "--epochs", "1", "--max-accuracy-drop", "100",
     "--measure-batch", "8", "--repeats", "3",
 ]  # fmt: skip
 

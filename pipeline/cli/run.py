@@ -47,6 +47,17 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target-speedup", type=float, help="measured speedup factor, e.g. 2")
     t.add_argument("--target-compression", type=float, help="deployable-file ratio, e.g. 4")
     g.add_argument("--runtime", help="torch-cpu | onnxruntime-cpu | cuda")
+    g.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        help="validation accuracy points a candidate may lose and still count (default 5)",
+    )
+    g.add_argument(
+        "--allow-untrained-baseline",
+        action="store_true",
+        default=None,
+        help="search even when the baseline is at chance (nothing at chance is met)",
+    )
     g.add_argument("--rounds", type=int, help="candidates to evaluate at most")
     g.add_argument("--minutes", type=float, help="search time budget")
     g.add_argument("--patience", type=int, help="rounds without gain once the target is met")
@@ -122,6 +133,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.target_compression is not None:
         o["target"] = {"compression": args.target_compression, "speedup": None}
     put("target.runtime", args.runtime)
+    put("target.max_accuracy_drop", args.max_accuracy_drop)
+    put("allow_untrained_baseline", args.allow_untrained_baseline)
     put("budget.rounds", args.rounds)
     put("budget.minutes", args.minutes)
     put("budget.patience", args.patience)
@@ -149,7 +162,9 @@ def spec_from_args(args: argparse.Namespace):
     from pipeline import spec as spec_mod
 
     try:
-        base = spec_mod.load(args.job).to_dict() if args.job else {}
+        # The file as written, completed by the flags, then validated once: a file may
+        # leave out what the flags give (its target, say).
+        base = spec_mod.load_raw(args.job) if args.job else {}
         merged = spec_mod.merge(base, overrides_from_args(args))
         if "target" not in merged:
             raise UserError(

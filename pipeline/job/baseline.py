@@ -1,5 +1,6 @@
-"""The baseline: build or load the model, train it if it came without weights, save it
-as the artifact every candidate starts from, and measure it once."""
+"""The baseline: build or load the model, train it if it came without weights, re-estimate
+its BatchNorm statistics, check it learnt something, save it as the artifact every
+candidate starts from, and measure it once."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import torch
 
-from learners.finetune import train_
+from learners.finetune import recalibrate_batchnorm_, train_
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.preflight import check_baseline_learnt
 from pipeline.job.settings import latency_settings, pretrain_settings, splits_for
+from pipeline.job.task import task_for
 from pipeline.sources.models import build_model, with_logits_output
 from pipeline.spec import JobSpec
 
@@ -44,10 +47,11 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     )
     # A model returning a dict, tuple or output object is wrapped to return its logits.
     model = with_logits_output(model, splits.example_inputs(), m.output)
+    task = task_for(spec, splits.num_classes)
+    train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
     curve: dict[str, list[float]] = {}
     if not has_weights and spec.finetune.pretrain_epochs > 0:
         log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")
-        train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
         started = time.perf_counter()
 
         def progress(epoch: int, loss: float, val: float | None) -> None:
@@ -60,11 +64,19 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
             pretrain_settings(spec),
             device=device,
             on_epoch=progress,
+            task=task,
+            log=log,
         )
         log(f"baseline trained in {time.perf_counter() - started:.0f} s")
+    # Before anything is measured: a low-momentum BatchNorm (0.01, 0.0003 in published
+    # mobile networks) lags far behind its weights, and loaded weights met other data.
+    batches = spec.finetune.bn_recalibration_batches
+    if batches and (used := recalibrate_batchnorm_(model, train_loader, batches, device)):
+        curve["bn_recalibration_batches"] = [float(used)]
     model = model.to("cpu").eval()
+    accuracy = task.measure(model, val_loader)
+    check_baseline_learnt(spec, accuracy, task.chance, has_weights)
     example = splits.example_inputs()
-    _, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
     folder = out_dir / "baseline"
     model_path = export.save_model(model, folder / "model.pt")
     onnx_path = export.export_onnx(model, example, folder / "model.onnx")
@@ -73,7 +85,7 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
         model_path=str(model_path),
         onnx_path=str(onnx_path),
         deployable_path=str(deployable),
-        accuracy=measure.accuracy(model, val_loader),
+        accuracy=accuracy,
         latency_ms=measure.latency_ms(model, example, latency_settings(spec), folder),
         flops=measure.count_flops(model, example),
         params=measure.count_params(model),

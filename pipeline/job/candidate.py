@@ -1,4 +1,5 @@
-"""One candidate: apply a learner chain to the baseline, fine-tune, export, measure.
+"""One candidate: apply a learner chain to the baseline, fine-tune, re-estimate BatchNorm
+statistics, export, measure.
 
 It takes the job's spec object (validated once, at the edge) and the device it runs on
 (decided where the task runs); the baseline travels as a file path or URI, never as a
@@ -16,9 +17,10 @@ from typing import Any
 
 import torch
 
-from learners.base import Context
-from learners.chain import apply_chain
-from learners.finetune import accuracy, make_finetune
+from hpo.space import split_namespace
+from learners.base import Context, Learner
+from learners.chain import check_order
+from learners.finetune import make_finetune, recalibrate_batchnorm_
 from learners.formats import export
 from pipeline import measure
 from pipeline.job.settings import (
@@ -28,6 +30,7 @@ from pipeline.job.settings import (
     splits_for,
     train_settings,
 )
+from pipeline.job.task import task_for
 from pipeline.records import storage
 from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
@@ -61,6 +64,7 @@ def evaluate(
         train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
         baseline = export.load_model(storage.fetch(baseline_uri, Path(workdir) / "cache"))
         teacher = load_teacher(spec, baseline, Path(workdir) / "cache")
+        task = task_for(spec, splits.num_classes)
         finetune = make_finetune(
             train_loader,
             val_loader,
@@ -68,6 +72,7 @@ def evaluate(
             teacher,
             distill_settings(spec, params),
             device,
+            task=task,
         )
         ctx = Context(
             train_loader=train_loader,
@@ -79,11 +84,12 @@ def evaluate(
             seed=spec.seed + round_index,
         )
         chain = build_learners(spec)
-        model = apply_chain(chain, baseline, params, ctx).to("cpu").eval()
+        model = compress(chain, baseline, params, ctx, spec.finetune.bn_recalibration_batches)
+        model = model.to("cpu").eval()
         baseline.to("cpu")
         example = ctx.example_inputs
         result.records, result.curves = ctx.records, ctx.curves
-        result.accuracy = accuracy(model, val_loader)
+        result.accuracy = task.measure(model, val_loader)
         result.param_count = measure.count_params(model)
         result.flops = _flops_or_none(model, example)
         # The chain's last learner knows its deployable format (packed codes, int8 ONNX...).
@@ -108,6 +114,35 @@ def evaluate(
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
     result.seconds = time.perf_counter() - started
     return result.to_dict()
+
+
+def compress(
+    learners: list[Learner],
+    baseline: torch.nn.Module,
+    params: dict[str, Any],
+    ctx: Context,
+    bn_batches: int,
+) -> torch.nn.Module:
+    """The learner chain, each with its own (un-prefixed) params, and BatchNorm statistics
+    re-estimated (``bn_batches`` training batches; 0 = off) after every learner whose
+    output is float weights, before anything is measured or quantised. A learner that
+    re-estimated them itself (its record's ``bn_recalibration_batches``) is not redone,
+    and the output of one that does not keep float weights (int8 graph, codes, fake
+    quantisers) is left as it made it. Each re-estimation is recorded in
+    ``ctx.records["bn_recalibration"]``."""
+    check_order(learners)
+    model = baseline
+    done: dict[str, int] = {}
+    for learner in learners:
+        model = learner.compress(model, split_namespace(params, learner.name), ctx)
+        own = ctx.records.get(learner.name, {})
+        if bn_batches and learner.keeps_float and not own.get("bn_recalibration_batches"):
+            done[learner.name] = recalibrate_batchnorm_(
+                model, ctx.train_loader, bn_batches, ctx.device
+            )
+    if done:
+        ctx.records["bn_recalibration"] = done
+    return model
 
 
 def _flops_or_none(model: torch.nn.Module, example: torch.Tensor) -> int | None:

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpo.objective import CHANCE_MARGIN, at_chance
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
+from pipeline.job.task import TaskError, resolve
 from pipeline.records import storage
 from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
@@ -47,6 +49,7 @@ class Checked:
 
 def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
     check_device(spec)
+    check_task(spec)
     splits = check_data(spec)
     model, has_weights = check_model(spec, splits)
     check_measure_batch(spec, model, splits)
@@ -76,6 +79,17 @@ def check_device(spec: JobSpec) -> None:
         )
 
 
+def check_task(spec: JobSpec) -> None:
+    """A custom task's ``evaluate`` and ``loss`` import and are callable."""
+    for field in ("evaluate", "loss"):
+        ref = getattr(spec, field)
+        if ref:
+            try:
+                resolve(field, ref)
+            except TaskError as err:
+                raise PreflightError(str(err)) from None
+
+
 def check_data(spec: JobSpec) -> Splits:
     source = spec.data.source
     try:
@@ -92,6 +106,8 @@ def check_data(spec: JobSpec) -> Splits:
                 f"data source {source}: the {name} split is empty (use more data, or a "
                 "smaller data.val_fraction / data.test_fraction)"
             )
+    if spec.task == "custom":
+        return splits  # targets are the user's: their evaluate and loss read them
     labels = _labels(splits.train)
     if labels.is_floating_point() or labels.is_complex():
         raise PreflightError(
@@ -138,6 +154,8 @@ def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
         ) from None
     with torch.no_grad():
         out = model(example)
+    if spec.task == "custom":
+        return model, has_weights  # any output the user's evaluate and loss understand
     if out.dim() != 2 or out.shape[1] != splits.num_classes:
         raise PreflightError(
             f"model {m.source} outputs shape {tuple(out.shape)} for a batch of {len(example)}, "
@@ -145,6 +163,33 @@ def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
             f"num_classes={splits.num_classes} (a factory argument) or set model.output"
         )
     return model, has_weights
+
+
+def check_baseline_learnt(
+    spec: JobSpec, accuracy: float, chance: float | None, has_weights: bool
+) -> None:
+    """A classification baseline at chance (below 1/classes + CHANCE_MARGIN) stops the job
+    before the search: every candidate would be scored against noise. Runs once the
+    baseline is trained and its BatchNorm statistics re-estimated (inside the flow);
+    ``allow_untrained_baseline`` lets the job go on."""
+    if chance is None or spec.allow_untrained_baseline or not at_chance(accuracy, chance):
+        return
+    f = spec.finetune
+    if has_weights:
+        fix = (
+            f"check that model.weights {spec.model.weights} belong to this model and data "
+            "(same classes, same input preprocessing)"
+        )
+    else:
+        fix = (
+            f"train it longer (finetune.pretrain_epochs, now {f.pretrain_epochs}), try another "
+            f"finetune.pretrain_lr (now {f.pretrain_lr:g}) or give trained model.weights"
+        )
+    raise PreflightError(
+        f"the baseline's validation accuracy {accuracy:.3f} is at chance (1/{round(1 / chance)}"
+        f" classes = {chance:.3f}; needs at least {chance + CHANCE_MARGIN:.3f}): {fix}; "
+        "or set allow_untrained_baseline: true to search anyway (nothing at chance is met)"
+    )
 
 
 def _forward_failure(source: str, data: str, model: nn.Module, x: torch.Tensor, err: Exception):

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo.objective import loss
+from hpo.objective import at_chance, loss
 from hpo.optimizer import Optimizer
 from hpo.space import Dimension, namespaced
 from learners import distill
 from learners.base import ModelInfo
 from learners.chain import chain_space
 from pipeline.job.settings import build_learners
+from pipeline.job.task import accuracy_floor
 from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
 
@@ -34,27 +35,55 @@ def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
 
 @dataclass
 class SearchState:
+    """The rounds so far and what makes one count. ``floor`` is the least validation
+    accuracy (or custom metric) a candidate may have (baseline minus
+    ``target.max_accuracy_drop``; None: no floor); ``chance`` the classification chance
+    level (None: unknown). A candidate at chance is never feasible nor the fallback."""
+
     target_kind: str
     target_value: float
     results: list[CandidateResult] = field(default_factory=list)
     rounds_since_gain: int = 0
+    floor: float | None = None
+    chance: float | None = None
+
+    def within_floor(self, r: CandidateResult) -> bool:
+        if r.accuracy is None:
+            return False
+        if at_chance(r.accuracy, self.chance):
+            return False
+        return self.floor is None or r.accuracy >= self.floor - 1e-9
 
     def feasible(self, r: CandidateResult) -> bool:
         achieved = r.achieved(self.target_kind)
-        return r.status == "ok" and achieved is not None and achieved >= self.target_value
+        return (
+            r.status == "ok"
+            and achieved is not None
+            and achieved >= self.target_value
+            and self.within_floor(r)
+        )
 
     def loss(self, r: CandidateResult) -> float:
-        return loss(r.accuracy, r.achieved(self.target_kind), self.target_value)
+        return loss(r.accuracy, r.achieved(self.target_kind), self.target_value, self.floor)
 
     def best(self) -> CandidateResult | None:
-        """The most accurate feasible candidate; if none, the one closest to the target."""
+        """The most accurate feasible candidate; if none, the one closest to the target
+        among those within the accuracy floor, then among the rest; never one at chance."""
         ok = [r for r in self.results if r.status == "ok"]
         feasible = [r for r in ok if self.feasible(r)]
         if feasible:
             return max(feasible, key=lambda r: r.accuracy or 0.0)
-        if not ok:
+        alive = [r for r in ok if r.accuracy is not None and not at_chance(r.accuracy, self.chance)]
+        if not alive:
             return None
-        return max(ok, key=lambda r: (r.achieved(self.target_kind) or 0.0, r.accuracy or 0.0))
+        return max(
+            alive,
+            key=lambda r: (
+                self.within_floor(r),
+                r.achieved(self.target_kind) or 0.0,
+                r.accuracy or 0.0,
+            ),
+        )
 
     def best_feasible(self) -> CandidateResult | None:
         best = self.best()
@@ -76,6 +105,17 @@ class SearchState:
             "feasible": sum(self.feasible(r) for r in self.results),
             "failed": sum(r.status == "failed" for r in self.results),
         }
+
+
+def state_for(spec: JobSpec, baseline_accuracy: float, num_classes: int) -> SearchState:
+    """An empty search state for the job: its target, the accuracy floor under its
+    baseline, and (classification only) the chance level 1/classes."""
+    return SearchState(
+        spec.target.kind,
+        spec.target.value,
+        floor=accuracy_floor(spec, baseline_accuracy),
+        chance=1.0 / max(1, num_classes) if spec.task == "classification" else None,
+    )
 
 
 def should_stop(spec: JobSpec, state: SearchState, started: float) -> str | None:

@@ -25,17 +25,18 @@ def splits_for(spec: JobSpec) -> Splits:
 
 def train_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
-    return TrainSettings(epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay, autocast=f.autocast)
+    return TrainSettings(
+        epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay, warmup=f.warmup,
+        retries=f.max_retries, autocast=f.autocast,
+    )  # fmt: skip
 
 
 def pretrain_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
     return TrainSettings(
-        epochs=f.pretrain_epochs,
-        lr=f.pretrain_lr,
-        weight_decay=f.weight_decay,
-        autocast=f.autocast,
-    )
+        epochs=f.pretrain_epochs, lr=f.pretrain_lr, weight_decay=f.weight_decay,
+        warmup=f.warmup, retries=f.max_retries, autocast=f.autocast,
+    )  # fmt: skip
 
 
 def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings | None:

@@ -18,6 +18,7 @@ import pickle
 from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,11 +236,20 @@ def _from_callable(source: str) -> Splits:
                 f"data source {source!r} must give map-style datasets (len() and indexing), "
                 f"got {type(ds).__name__}"
             )
-        labels.update(int(ds[i][1]) for i in range(len(ds)))
+        labels.update(_class_index(ds[i][1]) for i in range(len(ds)))
         datasets.append(ds)
     train, val, test = datasets
     x0, _ = train[0]
     return Splits(train, val, test, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
+
+
+def _class_index(target: Any) -> int:
+    """A target's class index; -1 for targets that are none (a custom task's regression
+    values or label vectors: num_classes then means nothing and preflight skips it)."""
+    t = torch.as_tensor(target)
+    if t.numel() != 1 or t.is_floating_point() and float(t) != int(t):
+        return -1
+    return int(t)
 
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
