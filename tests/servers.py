@@ -393,3 +393,21 @@ def children_of(pid: int, needle: str) -> list[int]:
         if any(needle in w for w in words) and str(pid) in words:
             found.append(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def local_mlflow_server(tmp: Path) -> Iterator[str]:
+    """An MLflow server on sqlite with local artifacts (no S3); yields its URL."""
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+        "--artifacts-destination", (tmp / "server-artifacts").as_uri(),
+    ]  # fmt: skip
+    log = tmp / "mlflow-server.log"
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with process(cmd, env, log) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, log)
+        yield url
