@@ -60,8 +60,11 @@ def test_a_job_meets_its_target_and_leaves_a_full_record(tmp_path, capsys):
         "compression" in r.data.metrics and "finetune.channel.train_loss" in r.data.metrics
         for r in runs
     )
-    # Feasible rounds, recounted from each candidate's own recorded compression.
-    feasible = sum(r.data.metrics["compression"] >= 2.0 for r in runs)
+    # Feasible rounds, recounted from each candidate's own recorded compression and
+    # accuracy: the target met and above chance (1/10 + 0.05; TINY_JOB allows any drop).
+    feasible = sum(
+        r.data.metrics["compression"] >= 2.0 and r.data.metrics["accuracy"] >= 0.15 for r in runs
+    )
     assert summary["rounds"] == {"total": 3, "feasible": feasible, "failed": 0}
     assert feasible >= 1  # the target was met, so at least one round met it
     version = client.get_model_version(
