@@ -26,10 +26,19 @@ torchvision's ShuffleNetV2 as unprunable):
 4. **Ops DepGraph cannot map** (transpose/permute/gather on the channel axis, e.g. a
    reshape-transpose shuffle): the layers whose channels reach one are not pruned, with
    a warning that names them.
+5. **Reshapes DepGraph cannot map crash the whole graph.** Its reshape index mapping
+   divides by an inferred channel count that can be 0 (``ZeroDivisionError`` in
+   ``update_reshape_index_mapping`` on a ShuffleNet channel shuffle written as
+   ``view``/``transpose``/``flatten``), while the graph is built, so no layer of the
+   model could be pruned. The mapping is computed per reshape here (``guard_reshapes``):
+   a reshape it fails on is marked and treated like the ops of gap 4, and the rest of
+   the model stays prunable.
 
 Every pruning ends with a check: the pruned network must compute what the original
-computes with the removed channels zeroed, on the example input. A mismatch raises
-``PruningError``: a broken model is never returned.
+computes with the removed channels zeroed (after every convolution, Linear and norm
+layer of any dimension: BatchNorm1d/2d/3d, InstanceNorm, GroupNorm), on the example
+input. A mismatch, or a pruned network that does not run, raises ``PruningError``: a
+broken model is never returned.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch_pruning.dependency import index_mapping
+
+# Layers whose output channels are pruned (the roots of dependency groups), and the layers
+# whose outputs the final check masks: every layer whose output width follows them.
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+MASKED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm)
 
 # grad_fn names of ops that move values across the channel axis; DepGraph maps them as
 # identity, which is wrong, so the layers whose channels reach them are left alone.
@@ -53,6 +68,35 @@ CHANNEL_MOVERS = ("transpose", "permute", "indexselect", "gather", "index", "pix
 class PruningError(RuntimeError):
     """Pruning would produce a network that does not compute the original on the kept
     channels (an unsupported dependency); no model is returned."""
+
+
+UNMAPPED = "_compressflow_unmapped"  # set on a reshape node whose mapping failed
+
+
+def _guard(real):
+    def update_reshape_index_mapping(graph, node) -> None:
+        try:
+            real(graph, node)
+        except Exception as err:  # noqa: BLE001 - any failure means: cannot map this reshape
+            setattr(node, UNMAPPED, f"{type(err).__name__}: {err}")
+
+    update_reshape_index_mapping.guarded = True  # type: ignore[attr-defined]
+    update_reshape_index_mapping.__wrapped__ = real  # type: ignore[attr-defined]
+    return update_reshape_index_mapping
+
+
+def guard_reshapes() -> None:
+    """A reshape whose index mapping torch-pruning cannot compute is marked (gap 5)
+    instead of failing the graph's build. torch-pruning has no hook for it and recomputes
+    every mapping whenever it forms a group, so its module-level function is replaced,
+    once, by one that behaves the same except that it catches the failure."""
+    if not getattr(index_mapping.update_reshape_index_mapping, "guarded", False):
+        index_mapping.update_reshape_index_mapping = _guard(
+            index_mapping.update_reshape_index_mapping
+        )
+
+
+guard_reshapes()
 
 
 def is_permutation(module: Any) -> bool:
@@ -172,11 +216,31 @@ class ChannelGraph(tp.DependencyGraph):
 
 
 def _moves_channels(node) -> bool:
+    if getattr(node, UNMAPPED, None):
+        return True
     if node.type != tp.ops.OPTYPE.ELEMENTWISE or is_permutation(node.module):
         return False
     grad_fn = node.grad_fn
     name = grad_fn.name().lower() if hasattr(grad_fn, "name") else "unknown"
     return name == "unknown" or any(op in name for op in CHANNEL_MOVERS)
+
+
+def _op_name(node) -> str:
+    unmapped = getattr(node, UNMAPPED, None)
+    if unmapped:
+        return f"a reshape ({unmapped})"
+    grad_fn = node.grad_fn
+    return grad_fn.name() if hasattr(grad_fn, "name") else "an unknown op"
+
+
+def channel_movers(group, unmapped: list[nn.Module] | None = None) -> str:
+    """The ops in ``group`` DepGraph would map wrongly (gaps 4 and 5), named; "" if none."""
+    ops = [
+        _op_name(dep.target) if _moves_channels(dep.target) else "an unmapped permutation"
+        for dep, _ in group
+        if _moves_channels(dep.target) or _among(dep.target.module, unmapped or [])
+    ]
+    return ", ".join(dict.fromkeys(ops))
 
 
 def unsafe_layers(
@@ -186,14 +250,12 @@ def unsafe_layers(
     the ``unmapped`` permutations)."""
     risky: list[nn.Module] = []
     for group in graph.get_all_groups(ignored_layers=ignored):
-        if any(
-            _moves_channels(dep.target) or _among(dep.target.module, unmapped) for dep, _ in group
-        ):
+        if channel_movers(group, unmapped):
             risky += [
                 dep.target.module
                 for dep, _ in group
                 if graph.is_out_channel_pruning_fn(dep.handler)
-                and isinstance(dep.target.module, (nn.Conv2d, nn.Conv1d, nn.Linear))
+                and isinstance(dep.target.module, LAYERS)
             ]
     return risky
 
@@ -337,9 +399,10 @@ class StructuredPruner:
         options.setdefault("customized_pruners", customized_pruners(model))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.meta = tp.pruner.MetaPruner(model, example_inputs, **options)
+            self.meta = _MetaPruner(model, example_inputs, **options)
         self.graph = self.meta.DG
         unmapped = install_mappings(self.graph)
+        self.unmapped = unmapped
         self.skipped = unsafe_layers(self.graph, list(self.meta.ignored_layers), unmapped)
         if self.skipped:
             names = sorted(self.graph._module2name.get(m, "?") for m in self.skipped)
@@ -407,7 +470,7 @@ class StructuredPruner:
         """Remember removed output channels in original numbering (for ``check``)."""
         for dep, idxs in group:
             module = dep.target.module
-            if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.BatchNorm2d)):
+            if not isinstance(module, MASKED):
                 continue
             if not self.graph.is_out_channel_pruning_fn(dep.handler):  # BN's fn counts
                 continue
@@ -434,8 +497,10 @@ class StructuredPruner:
                 expected = self.reference(self.example_inputs)
                 try:
                     got = pruned.eval()(self.example_inputs)
-                except RuntimeError as err:
-                    raise PruningError(f"the pruned network does not run: {err}") from None
+                except Exception as err:  # noqa: BLE001 - whatever a custom forward raises
+                    raise PruningError(
+                        f"the pruned network does not run: {type(err).__name__}: {err}"
+                    ) from None
         finally:
             for h in hooks:
                 h.remove()
@@ -448,9 +513,24 @@ class StructuredPruner:
             )
 
 
+class _MetaPruner(tp.pruner.MetaPruner):
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        """Kept channels rounded to the *nearest* multiple of ``round_to`` (at least one
+        multiple; a layer narrower than one is left alone). torch-pruning 1.6.1 rounds
+        down, to 0 for a layer keeping fewer than ``round_to``: it then prunes the whole
+        layer, or nothing when DepGraph refuses that."""
+        if current_channels < round_to:
+            return 0
+        kept = current_channels - n_pruned
+        rounded = max(round_to, int(round(kept / round_to)) * round_to)
+        return max(current_channels - min(rounded, current_channels), 0)
+
+
 def _out_width(module: nn.Module) -> int:
-    if isinstance(module, nn.BatchNorm2d):
+    if isinstance(module, nn.modules.batchnorm._NormBase):
         return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
     if isinstance(module, nn.Linear):
         return module.out_features
     return _int(module, "out_channels")

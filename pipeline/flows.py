@@ -22,17 +22,17 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from hpo.optimizer import Optimizer
-from learners import registry
 from learners.base import ModelInfo
+from learners.channel import ChannelPruning, NothingToPrune
 from learners.formats.export import load_model
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report
-from pipeline.job.calibrate import uniform_start
+from pipeline.job.calibrate import calibrate
 from pipeline.job.progress import SearchProgress
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, run_search, search_space, state_for
-from pipeline.job.settings import splits_for
+from pipeline.job.settings import build_learners, splits_for
 from pipeline.records import storage
 from pipeline.records.board import PrefectBoard
 from pipeline.records.redact import redact_data
@@ -255,7 +255,11 @@ def _search_and_report(
     board = PrefectBoard(spec.job_name, log=_log)
     splits = splits_for(spec)
     info = ModelInfo(load_model(base.model_path), splits.example_inputs())
-    dims = search_space(spec, info)
+    try:
+        dims = search_space(spec, info)
+    except NothingToPrune as err:  # no group prunes consistently: a summary says why, exit 3
+        state = state_for(spec, base.accuracy, splits.num_classes)
+        return _nothing_to_search(spec, base, state, str(err), tracker, parent, out_dir, base_run)
     rounds = spec.budget.rounds or 30
     n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
     state = state_for(spec, base.accuracy, splits.num_classes)
@@ -271,7 +275,7 @@ def _search_and_report(
         _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
     else:
         optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
-        _seed_with_fixed_rule(spec, optimizer, info, base, out_dir)
+        _seed_with_fixed_rule(spec, optimizer, info, base, out_dir, tracker, parent)
 
     def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
         if INTERRUPTS.requested:
@@ -379,11 +383,63 @@ def record_stop(stop: Stopped, state: SearchState, on_result: Any, pool: Any) ->
     return f"interrupted by {name}{left}"
 
 
-def _seed_with_fixed_rule(spec: JobSpec, optimizer: Optimizer, info, base, out_dir: Path) -> None:
-    """Start a plain channel-pruning search from the best single uniform ratio."""
-    if spec.learners != ["channel"]:
+def _seed_with_fixed_rule(
+    spec: JobSpec,
+    optimizer: Optimizer,
+    info: ModelInfo,
+    base: baseline_mod.Baseline,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    parent: str | None = None,
+) -> None:
+    """Before the search: the channel learner's groups, stages and excluded groups go to
+    the log and to the job's run (``channel_survey.json``); a plain channel-pruning search
+    then starts from the best single uniform ratio. A calibration failure is recorded
+    there too, and the search goes on without that start."""
+    channel = next((x for x in build_learners(spec) if isinstance(x, ChannelPruning)), None)
+    if channel is None:
         return
-    learner = registry.get("channel", **spec.learner_options.get("channel", {}))
-    start = uniform_start(spec, learner, info, base.bytes, out_dir / "calibration", log=_log)
-    if start is not None:
-        optimizer.suggest({f"channel.{k}": v for k, v in start.items()})
+    found = channel.survey(info)
+    stages = {s: [g.root for g in found.groups if g.stage == s] for s in found.stages()}
+    _log(
+        f"channel pruning: {len(found.groups)} dependency groups in {len(stages)} "
+        f"{channel.config.granularity}s, channel multiple {channel.config.multiple or 1}"
+    )
+    if found.excluded:
+        _log(f"channel pruning {found.describe_excluded()}")
+    record: dict[str, Any] = {
+        "round_to": channel.config.multiple,
+        "groups": [g.to_dict() for g in found.groups],
+        "excluded": [dict(e) for e in found.excluded],
+    }
+    if spec.learners == ["channel"]:
+        calibration = calibrate(spec, channel, info, base.bytes, out_dir / "calibration", log=_log)
+        record["calibration"] = calibration.to_dict()
+        if calibration.start is not None:
+            optimizer.suggest({f"channel.{k}": v for k, v in calibration.start.items()})
+    if tracker is not None and parent is not None:
+        tracker.log_dict(parent, record, "channel_survey.json")
+
+
+def _nothing_to_search(
+    spec: JobSpec,
+    base: baseline_mod.Baseline,
+    state: SearchState,
+    why: str,
+    tracker: Tracker,
+    parent: str,
+    out_dir: Path,
+    base_run: str | None,
+) -> dict[str, Any]:
+    """No dimension to search (no channel group prunes consistently): no round runs, and
+    the summary's stop reason says why (target not met: exit 3)."""
+    reason = f"nothing to search: {why}"
+    _log(reason)
+    summary = report.finalize(
+        spec, base, state, reason, tracker, parent, out_dir, log=_log, baseline_run_id=base_run
+    )
+    summary = _without_credentials(summary, out_dir, tracker, parent)
+    PrefectBoard(spec.job_name, log=_log).result(report.result_markdown(summary))
+    if storage.is_s3(spec.output):
+        summary = publish(spec, summary, out_dir, tracker, parent)
+    return summary

@@ -12,9 +12,10 @@ import copy
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
-from learners import channel_ops
+from learners import channel, channel_ops
 from learners.base import Context
 from learners.channel import ChannelPruning
 from learners.channel_ops import PermutationPruner, PruningError, StructuredPruner
@@ -117,8 +118,19 @@ def test_without_the_shuffle_mapping_the_check_refuses_the_broken_model(monkeypa
     the built-in check must catch it instead of returning the model."""
     monkeypatch.setattr(channel_ops, "install_mappings", lambda graph: [])
     model = randomize_bn(build("shufflenet_v2", width=0.5)).eval()
+    trial = copy.deepcopy(model)
     with pytest.raises((PruningError, IndexError)):
-        ChannelPruning().prune(model, uniform_ratios(model, EXAMPLE, 0.5), EXAMPLE)
+        StructuredPruner(
+            trial,
+            EXAMPLE,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.5,
+            ignored_layers=[trial.fc],
+        ).step()
+    # The channel learner's survey sees the same failures and leaves those groups alone.
+    monkeypatch.setattr(channel, "_surveys", {})  # surveyed afresh, with the broken mapping
+    found = channel.survey(model, EXAMPLE, channel.ChannelConfig())
+    assert any("PruningError" in e["reason"] or "IndexError" in e["reason"] for e in found.excluded)
 
 
 def test_without_balanced_selection_group_divisibility_breaks(monkeypatch):

@@ -5,11 +5,19 @@ stage, as PocketFlow's 'uniform' and Torch-Pruning's examples do) whose pruned m
 meets the target, by bisection on measured latency or file size of un-fine-tuned pruned
 models (weights do not change either). The search is then seeded with that point, so it
 starts from the fixed rule's answer and can only improve on it.
+
+Calibration is a candidate like any other: a ratio whose pruning or measurement fails is
+recorded (``Calibration.trail``, written to ``calibration.json``) and ends the bisection;
+the search then starts from the last ratio that met the target, or without a start.
+It never takes the job down.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +49,76 @@ def achieved(
     return min(speedups)
 
 
+@dataclass
+class Calibration:
+    """What calibration tried: each ratio with its achieved figure or its error, the
+    chosen start (None: none) and why."""
+
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    start: dict[str, Any] | None = None
+    outcome: str = ""
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [t for t in self.trail if "error" in t]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trail": self.trail, "start": self.start, "outcome": self.outcome}
+
+
+def calibrate(
+    spec: JobSpec,
+    learner: ChannelPruning,
+    info: ModelInfo,
+    baseline_bytes: int,
+    workdir: Path,
+    resolution: float = 0.02,
+    margin: float = 1.10,
+    log=print,
+) -> Calibration:
+    """Bisect for the smallest uniform ratio that meets the target with ``margin`` to
+    spare (timings are noisy); a failing ratio is recorded and stops the bisection."""
+    goal = spec.target.value * margin
+    workdir.mkdir(parents=True, exist_ok=True)
+    lo, hi = learner.config.min_ratio, learner.config.max_ratio
+    found = Calibration()
+
+    def value(ratio: float) -> float | None:
+        try:
+            pruned, _ = learner.prune(
+                info.model, learner.uniform_params(info, ratio), info.example_inputs
+            )
+            got = achieved(spec, info.model, pruned, info.example_inputs, baseline_bytes, workdir)
+        except Exception as err:  # noqa: BLE001 - recorded; the search goes on
+            error = f"{type(err).__name__}: {err}".splitlines()[0]
+            found.trail.append({"ratio": ratio, "error": error})
+            log(f"calibration: a uniform ratio of {ratio:.3f} failed ({error})")
+            return None
+        found.trail.append({"ratio": ratio, "achieved": got})
+        return got
+
+    first = value(hi)
+    if first is None:
+        found.outcome = "calibration failed; the search starts without the fixed rule's point"
+    elif first < goal:
+        found.outcome = f"even a uniform ratio of {hi} falls short of the target"
+    else:
+        while hi - lo > resolution:
+            mid = (lo + hi) / 2
+            got = value(mid)
+            if got is None:
+                break  # hi met the target: start there
+            lo, hi = (lo, mid) if got >= goal else (mid, hi)
+        found.start = learner.uniform_params(info, hi)
+        found.outcome = (
+            f"a uniform ratio of {hi:.3f} meets {spec.target.kind} >= {goal:.3g}; "
+            "the search starts there"
+        )
+    log(f"calibration: {found.outcome}")
+    (workdir / "calibration.json").write_text(json.dumps(found.to_dict(), indent=1))
+    return found
+
+
 def uniform_start(
     spec: JobSpec,
     learner: ChannelPruning,
@@ -52,25 +130,5 @@ def uniform_start(
     log=print,
 ) -> dict | None:
     """Params of the smallest uniform ratio that meets the target with ``margin`` to
-    spare (timings are noisy), or None if even the learner's largest ratio falls short."""
-    goal = spec.target.value * margin
-    workdir.mkdir(parents=True, exist_ok=True)
-    lo, hi = learner.config.min_ratio, learner.config.max_ratio
-
-    def value(ratio: float) -> float:
-        pruned, _ = learner.prune(
-            info.model, learner.uniform_params(info, ratio), info.example_inputs
-        )
-        return achieved(spec, info.model, pruned, info.example_inputs, baseline_bytes, workdir)
-
-    if value(hi) < goal:
-        log(f"calibration: even a uniform ratio of {hi} falls short of the target")
-        return None
-    while hi - lo > resolution:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if value(mid) >= goal else (mid, hi)
-    log(
-        f"calibration: a uniform ratio of {hi:.3f} meets {spec.target.kind} >= {goal:.3g}; "
-        "the search starts there"
-    )
-    return learner.uniform_params(info, hi)
+    spare, or None if even the learner's largest ratio falls short (or fails)."""
+    return calibrate(spec, learner, info, baseline_bytes, workdir, resolution, margin, log).start

@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from learners.formats import export
 from pipeline import measure
 from pipeline.job import plots
 from pipeline.job.baseline import Baseline
 from pipeline.job.search import SearchState
-from pipeline.job.settings import latency_settings, splits_for
+from pipeline.job.settings import build_learners, latency_settings, splits_for
 from pipeline.job.task import task_for
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker, achieved_key, candidate_metrics, run_link
@@ -93,6 +95,8 @@ def finalize(
         },
         "artifacts": {"baseline_onnx": baseline.onnx_path, "best_onnx": None, "best_model": None},
         "candidates": [],
+        # In words: what a reader must know (a winner slower somewhere, groups left alone).
+        "warnings": [],
     }
     if baseline_run_id:
         tracker.log_metrics(baseline_run_id, {"test_accuracy": base_test})
@@ -107,6 +111,15 @@ def finalize(
         summary["artifacts"].update(
             best_onnx=summary["best"].pop("onnx_path"), best_model=best.model_path
         )
+        timed = time_everywhere(spec, base_model, best_model, example, out_dir / "best")
+        summary["best"]["runtimes"] = timed
+        summary["warnings"] += warnings_for(spec, timed, best)
+        tracker.log_metrics(
+            parent_run_id,
+            {f"best.speedup.{rt}": t["speedup"] for rt, t in timed.items() if "speedup" in t},
+        )
+        for line in summary["warnings"]:
+            log(f"warning: {line}")
         _log_best(spec, tracker, parent_run_id, summary, best_model, example, log)
     else:
         log("no candidate completed: nothing to export (see the failed runs in MLflow)")
@@ -290,6 +303,64 @@ def _round(v: float | None, digits: int) -> float | None:
     return None if v is None else round(float(v), digits)
 
 
+def runtimes_here() -> list[str]:
+    """Every runtime the tool can time on this machine (the GPU ones only with CUDA)."""
+    gpu = torch.cuda.is_available()
+    return [r for r in measure.RUNTIMES if gpu or r not in measure.GPU_RUNTIMES]
+
+
+def time_everywhere(
+    spec: JobSpec, base_model, model, example, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """The winner against the baseline on every runtime here its chain runs on
+    (interleaved, the job's measurement settings): ``{runtime: {baseline_ms, best_ms,
+    speedup}}``, or ``{"error": ...}`` where timing failed (the report goes on)."""
+    allowed = [x.runtimes for x in build_learners(spec) if x.runtimes is not None]
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in runtimes_here():
+        if any(runtime not in r for r in allowed):
+            continue
+        try:
+            t = measure.compare_latency(
+                base_model, model, example, latency_settings(spec, runtime), workdir
+            )
+        except Exception as err:  # noqa: BLE001 - a report, not a reason to fail the job
+            out[runtime] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
+            continue
+        out[runtime] = {
+            "baseline_ms": t.baseline_ms,
+            "best_ms": t.candidate_ms,
+            "speedup": t.speedup,
+        }
+    return out
+
+
+def warnings_for(
+    spec: JobSpec, timed: dict[str, dict[str, Any]], best: CandidateResult
+) -> list[str]:
+    """What the reader must not miss, in words: a winner slower than the baseline on any
+    runtime, and channel groups the pruner had to leave alone."""
+    out = []
+    for runtime, t in timed.items():
+        if t.get("speedup", 1.0) < 1.0:
+            out.append(
+                f"the chosen model is SLOWER than the baseline on {runtime}: "
+                f"{t['speedup']:.2f}x ({t['best_ms']:.2f} ms against {t['baseline_ms']:.2f} ms "
+                f"per batch of {spec.measure.batch_size})"
+            )
+        elif "error" in t:
+            out.append(f"the chosen model could not be timed on {runtime}: {t['error']}")
+    excluded = (best.records or {}).get("channel", {}).get("excluded") or []
+    if excluded:
+        names = ", ".join(e["group"] for e in excluded[:8]) + (" ..." if len(excluded) > 8 else "")
+        out.append(
+            f"channel pruning left {len(excluded)} dependency group(s) unpruned because "
+            f"torch-pruning cannot prune them consistently: {names} (reasons in the "
+            "candidates' per_layer_settings.json and channel_survey.json)"
+        )
+    return out
+
+
 def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, example, out_dir):
     folder = out_dir / "best"
     folder.mkdir(parents=True, exist_ok=True)
@@ -414,4 +485,5 @@ def table(summary: dict[str, Any]) -> str:
     where = " and ".join([t["runtime"], *t.get("also_on", [])])
     head = f"target {t['kind']} >= {t['value']:g} on {where}: {verdict}"
     tail = f"rounds: {r['total']} ({r['feasible']} feasible, {r['failed']} failed)"
-    return "\n".join([head, *lines, tail])
+    warned = [f"warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join([head, *lines, tail, *warned])

@@ -64,5 +64,10 @@ def latency_settings(
 
 
 def build_learners(spec: JobSpec) -> list[Learner]:
-    """The job's chain, each learner built with its options from the spec."""
-    return [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
+    """The job's chain, each learner built with its options from the spec; a learner that
+    fits itself to the runtime (``for_runtimes``: channel's ``round_to: auto``) is told
+    the target's runtimes."""
+    chain = [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
+    return [
+        x.for_runtimes(spec.target.runtimes) if hasattr(x, "for_runtimes") else x for x in chain
+    ]
