@@ -24,7 +24,6 @@ ROUND_LINE = "[round 1]"
 def job_args(tmp_path, *extra: str) -> list[str]:
     flags = list(TINY_JOB)
     flags[flags.index("tests.helpers:tiny_cnn")] = "tests.slow_model:slow_cnn"
-    flags[flags.index("--pretrain-epochs") + 1] = "1"
     flags[flags.index("--epochs") + 1] = "8"  # ~8 s a round: 5 batches x 0.2 s x 8 epochs
     return [
         "run", *flags,
