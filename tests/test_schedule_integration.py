@@ -91,7 +91,7 @@ def test_the_scheduler_starts_a_nightly_run_that_the_worker_completes(stack, wor
 
     summary = json.loads(
         stack.s3.client()
-        .get_object(Bucket=stack.bucket, Key=f"nightly/{RESULT}/summary.json")["Body"]
+        .get_object(Bucket=stack.bucket, Key=f"nightly/{RESULT}/latest/summary.json")["Body"]
         .read()
     )
     assert summary["rounds"]["total"] == 1

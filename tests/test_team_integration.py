@@ -53,7 +53,7 @@ def test_a_submitted_job_runs_on_a_worker_and_lands_in_mlflow_and_s3(stack, depl
 
     # The summary went to the S3 destination and names S3 objects.
     s3 = stack.s3.client()
-    body = s3.get_object(Bucket=stack.bucket, Key=f"out/{JOB}/summary.json")["Body"].read()
+    body = s3.get_object(Bucket=stack.bucket, Key=f"out/{JOB}/latest/summary.json")["Body"].read()
     summary = json.loads(body)
     assert summary["rounds"]["total"] == 2
     out_keys = set(stack.s3.keys(stack.bucket, f"out/{JOB}/"))
