@@ -382,9 +382,10 @@ class ChannelPruning(LearnerDefaults):
     def for_runtimes(self, runtimes: list[str] | tuple[str, ...]) -> ChannelPruning:
         """This learner for a job timed on ``runtimes`` (what ``round_to: auto`` picks
         for); a config that names its runtimes keeps them."""
-        if self.config.runtimes:
+        known = tuple(r for r in runtimes if r in ROUND_TO)
+        if self.config.runtimes or not known:
             return self
-        return ChannelPruning(replace(self.config, runtimes=tuple(runtimes)))
+        return ChannelPruning(replace(self.config, runtimes=known))
 
     def survey(self, info: ModelInfo) -> Survey:
         return survey(info.model, info.example_inputs, self.config)
