@@ -366,6 +366,12 @@ class JobSpec(_Strict):
         description="seed for the splits, baseline training and optimiser; round i "
         "fine-tunes with seed + i",
     )
+    trust_pickled_models: bool = Field(
+        default=False,
+        description="load pickled full models (torch.save(model) files, for the model "
+        "source and the teacher), which run any code they name; without it only "
+        "torch.export (.pt2), ONNX and safetensors weights with a factory load",
+    )
     allow_untrained_baseline: bool = Field(
         default=False,
         description="go on with a classification baseline within 5 points of chance "

@@ -51,7 +51,7 @@ def test_pickled_weights_file_is_refused(tmp_path):
 def test_saved_full_model_file_loads(tmp_path):
     model = TinyNet(width=5)
     save_model(model, tmp_path / "m.pt")
-    loaded, trained = build_model(str(tmp_path / "m.pt"), 10, 1)
+    loaded, trained = build_model(str(tmp_path / "m.pt"), 10, 1, trust_pickled=True)
     assert trained and loaded.conv1.out_channels == 5
 
 

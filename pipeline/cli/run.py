@@ -58,6 +58,12 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="search even when the baseline is at chance (nothing at chance is met)",
     )
+    g.add_argument(
+        "--trust-pickled-models",
+        action="store_true",
+        default=None,
+        help="load pickled full-model files (they run any code they name)",
+    )
     g.add_argument("--rounds", type=int, help="candidates to evaluate at most")
     g.add_argument("--minutes", type=float, help="search time budget")
     g.add_argument("--patience", type=int, help="rounds without gain once the target is met")
@@ -135,6 +141,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("target.runtime", args.runtime)
     put("target.max_accuracy_drop", args.max_accuracy_drop)
     put("allow_untrained_baseline", args.allow_untrained_baseline)
+    put("trust_pickled_models", args.trust_pickled_models)
     put("budget.rounds", args.rounds)
     put("budget.minutes", args.minutes)
     put("budget.patience", args.patience)

@@ -13,10 +13,11 @@ import torch
 from learners.finetune import recalibrate_batchnorm_, train_
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.modelfile import source_model
 from pipeline.job.preflight import check_baseline_learnt
 from pipeline.job.settings import latency_settings, pretrain_settings, splits_for
 from pipeline.job.task import task_for
-from pipeline.sources.models import build_model, with_logits_output
+from pipeline.sources.models import with_logits_output
 from pipeline.spec import JobSpec
 
 
@@ -42,9 +43,7 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     torch.manual_seed(spec.seed)
     splits = splits_for(spec)
     m = spec.model
-    model, has_weights = build_model(
-        m.source, splits.num_classes, splits.input_shape[0], m.options, m.weights
-    )
+    model, has_weights = source_model(spec, splits.num_classes, splits.input_shape[0])
     # A model returning a dict, tuple or output object is wrapped to return its logits.
     model = with_logits_output(model, splits.example_inputs(), m.output)
     task = task_for(spec, splits.num_classes)

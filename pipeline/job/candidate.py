@@ -23,6 +23,7 @@ from learners.chain import check_order
 from learners.finetune import make_finetune, recalibrate_batchnorm_
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.modelfile import load_teacher_file
 from pipeline.job.settings import (
     build_learners,
     distill_settings,
@@ -41,7 +42,7 @@ def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch
         return None
     if not spec.distillation.teacher:
         return baseline
-    return export.load_model(storage.fetch(spec.distillation.teacher, cache))
+    return load_teacher_file(spec, cache)
 
 
 def evaluate(

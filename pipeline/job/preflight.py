@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
+from pipeline.job.modelfile import check_source_learners, check_teacher
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
 from pipeline.job.task import TaskError, resolve
@@ -139,8 +140,15 @@ def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
     m = spec.model
     try:
         model, has_weights = build_model(
-            m.source, splits.num_classes, splits.input_shape[0], m.options, m.weights
+            m.source,
+            splits.num_classes,
+            splits.input_shape[0],
+            m.options,
+            m.weights,
+            spec.trust_pickled_models,
         )
+        check_source_learners(spec, model)
+        check_teacher(spec)
     except (ModelSourceError, storage.StorageError) as err:
         raise PreflightError(str(err)) from None
     example = torch.stack([splits.train[i][0] for i in range(min(2, len(splits.train)))])  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learners.formats.export import load_model
+from learners.formats.modelfile import load_model_file
 from pipeline.records import storage
 from pipeline.sources import zoo
 
@@ -69,8 +69,10 @@ def build_model(
     in_channels: int,
     options: dict[str, Any] | None = None,
     weights: str | None = None,
+    trust_pickled: bool = False,
 ) -> tuple[nn.Module, bool]:
-    """The model and whether it came with trained weights."""
+    """The model and whether it came with trained weights. A model file is a
+    ``torch.export`` program or ONNX; a pickled module only with ``trust_pickled``."""
     options = options or {}
     if source.startswith("models:/"):
         return load_registered(source), True
@@ -98,7 +100,7 @@ def build_model(
             raise ModelSourceError(f"{source} returned {type(model).__name__}, not an nn.Module")
     else:
         try:
-            return load_model(storage.fetch(source)), True
+            return load_model_file(storage.fetch(source), trust_pickled), True
         except (storage.StorageError, ValueError) as err:
             raise ModelSourceError(str(err)) from None
         except Exception as err:

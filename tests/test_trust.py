@@ -1,0 +1,174 @@
+"""Loading a file never runs code unless the user said so (issue 12, item 3).
+
+Each crafted file holds a pickle whose ``__reduce__`` writes a marker file. Every
+documented way a file enters a job must refuse it without the marker appearing, naming
+the flag that would allow it; with the flag, a pickled model loads (and the crafted one
+does run: the negative control that shows the crafted files are live)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from learners.formats.modelfile import TRUST_FLAG, UntrustedModelError, load_model_file
+from pipeline.sources.models import ModelSourceError, build_model
+from tests.helpers import TinyNet, example_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Boom:
+    """Unpickling this writes ``marker``: what a crafted model file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def crafted(tmp_path: Path, name: str = "model.pt") -> tuple[Path, Path]:
+    marker = tmp_path / f"marker-{name}"
+    path = tmp_path / name
+    torch.save(Boom(marker), path)
+    return path, marker
+
+
+def test_a_crafted_model_file_is_refused_and_names_the_flag(tmp_path):
+    path, marker = crafted(tmp_path)
+    with pytest.raises(ModelSourceError, match=re.escape(TRUST_FLAG)):
+        build_model(str(path), 10, 1)
+    assert not marker.exists()
+
+
+def test_a_crafted_weights_file_is_refused(tmp_path):
+    path, marker = crafted(tmp_path, "weights.pt")
+    with pytest.raises(ModelSourceError, match="weights_only"):
+        build_model("tests.helpers:tiny_cnn", 10, 1, weights=str(path))
+    assert not marker.exists()
+
+
+def test_with_the_flag_a_pickled_model_loads_and_the_crafted_one_runs(tmp_path):
+    model = TinyNet(width=5)
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(UntrustedModelError):
+        load_model_file(tmp_path / "whole.pt")  # a plain module is refused too
+    loaded, trained = build_model(str(tmp_path / "whole.pt"), 10, 1, trust_pickled=True)
+    assert trained and loaded.conv1.out_channels == 5
+    path, marker = crafted(tmp_path)
+    with pytest.raises(ModelSourceError):
+        build_model(str(path), 10, 1, trust_pickled=True)  # Boom is no module...
+    assert marker.read_text() == "ran"  # ...but its code ran: the crafted file is live
+
+
+def test_a_state_dict_as_model_file_says_where_it_belongs(tmp_path):
+    torch.save(TinyNet().state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ModelSourceError, match="model.weights"):
+        build_model(str(tmp_path / "sd.pt"), 10, 1)
+
+
+def _export(tmp_path: Path) -> tuple[TinyNet, Path]:
+    model = TinyNet(width=4).eval()
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model, (example_inputs(),)), str(path))
+    return model, path
+
+
+def test_torch_export_and_onnx_sources_load_without_the_flag(tmp_path):
+    model, path = _export(tmp_path)
+    loaded, trained = build_model(str(path), 10, 1)
+    x = example_inputs()
+    assert trained and torch.allclose(loaded(x), model(x), atol=1e-6)
+    from learners.formats.export import export_onnx
+    from learners.formats.onnx_module import OnnxModule
+
+    onnx = export_onnx(model, x, tmp_path / "m.onnx")
+    graph, _ = build_model(str(onnx), 10, 1)
+    assert isinstance(graph, OnnxModule)
+    assert torch.allclose(graph(x), model(x), atol=1e-4)
+
+
+def _rewrite(path: Path, out: Path, edit) -> None:
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = edit(name, src.read(name))
+            if data is not None:
+                dst.writestr(name, data)
+
+
+def test_a_torch_export_archive_with_pickled_parts_runs_nothing(tmp_path):
+    _, path = _export(tmp_path)
+    marker = tmp_path / "marker-pt2"
+    evil = tmp_path / "evil.pickle"
+    torch.save(Boom(marker), evil)
+
+    def pickled_weight(name, data):  # a weight marked use_pickle, holding the crafted pickle
+        if name.endswith("weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(config)
+        if name.endswith("/data/weights/weight_0"):
+            return evil.read_bytes()
+        return data
+
+    def evil_sample_inputs(name, data):  # torch.load falls back to weights_only=False
+        return evil.read_bytes() if name.endswith("sample_inputs/model.pt") else data
+
+    _rewrite(path, tmp_path / "a.pt2", pickled_weight)
+    with pytest.raises(ModelSourceError, match=re.escape(TRUST_FLAG)):
+        build_model(str(tmp_path / "a.pt2"), 10, 1)
+    _rewrite(path, tmp_path / "b.pt2", evil_sample_inputs)
+    with pytest.raises(ModelSourceError):
+        build_model(str(tmp_path / "b.pt2"), 10, 1)
+    assert not marker.exists()
+
+
+def _cli(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "pipeline", "run", "--data", "digits", "--data-limit", "200"]
+    args += ["--model", "tests.helpers:tiny_cnn", "--target-compression", "2", "--rounds", "1"]
+    args += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--output", str(tmp_path)]
+    return subprocess.run([*args, *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_refuses_a_crafted_model_and_teacher_with_exit_2(tmp_path):
+    model, model_marker = crafted(tmp_path, "model.pt")
+    teacher, teacher_marker = crafted(tmp_path, "teacher.pt")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"distillation:\n  enabled: true\n  teacher: {teacher}\n")
+    for flags, marker in (
+        (["--model", str(model)], model_marker),
+        (["--job", str(job)], teacher_marker),
+    ):
+        done = _cli(tmp_path, *flags)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert TRUST_FLAG in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
+        assert not marker.exists()
+
+
+def test_no_unflagged_pickle_load_is_left_in_the_code():
+    """``weights_only=False`` and ``pickle.load`` only where the flag (or a data format
+    that is pickled by definition, CIFAR's python batches) is checked."""
+    allowed = {
+        "learners/formats/modelfile.py",  # the trusted branch of load_model_file
+        "pipeline/sources/data.py",  # CIFAR-10's python batches (a data format)
+    }
+    offenders = []
+    for folder in ("pipeline", "learners", "hpo"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            text = path.read_text()
+            if rel not in allowed and re.search(
+                r"weights_only\s*=\s*False|pickle\.loads?\(|serialization_format=\"pickle\"",
+                text,
+            ):
+                offenders.append(rel)
+    assert offenders == []
