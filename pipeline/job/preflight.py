@@ -25,6 +25,7 @@ from pipeline.job.modelfile import check_source_learners, check_teacher
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
 from pipeline.job.task import TaskError, resolve
+from pipeline.measure import timing_batch
 from pipeline.records import storage
 from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
@@ -229,7 +230,7 @@ def check_measure_batch(spec: JobSpec, model: nn.Module, splits: Splits) -> None
     n = spec.measure.batch_size
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(n, *splits.input_shape))
+            model.eval()(timing_batch(splits.example_inputs(), n))  # token ids stay ids
     except (RuntimeError, MemoryError) as err:
         if (
             "memory" in str(err).lower()

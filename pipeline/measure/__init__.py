@@ -193,6 +193,20 @@ class LatencyComparison:
         return self.baseline_ms / self.candidate_ms
 
 
+def timing_batch(example_inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The batch latency is timed on: ``batch_size`` rows shaped and typed like the
+    example. Float inputs get seeded random values of the example's dtype; any other
+    dtype (token ids, masks) repeats the example's own rows, since random values would be
+    out of range (an index past the vocabulary) or of the wrong type for the graph."""
+    shape = (batch_size, *example_inputs.shape[1:])
+    if example_inputs.is_floating_point():
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(shape, generator=generator).to(example_inputs.dtype)
+    rows = example_inputs.detach().cpu()
+    reps = -(-batch_size // rows.shape[0])  # ceil
+    return rows.repeat(reps, *([1] * (rows.dim() - 1)))[:batch_size].clone()
+
+
 def make_runner(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -202,8 +216,7 @@ def make_runner(
 ) -> Callable[[], None]:
     """A no-argument callable running one batch of inference on the declared runtime
     (on a copy of ``model``: the caller's model is not moved or put in eval mode)."""
-    shape = (settings.batch_size, *example_inputs.shape[1:])
-    batch = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    batch = timing_batch(example_inputs, settings.batch_size)
     if settings.runtime == "onnxruntime-cpu":
         path = export_onnx(model, example_inputs, Path(workdir) / f"{tag}.latency.onnx")
         return _onnx_runner(path, batch, settings.threads)
@@ -284,7 +297,6 @@ def time_onnx_files(
     paths: list[Path], example_inputs: torch.Tensor, settings: LatencySettings
 ) -> list[float]:
     """Median ms of ONNX files on onnxruntime, interleaved: how a user would time exports."""
-    shape = (settings.batch_size, *example_inputs.shape[1:])
-    batch = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    batch = timing_batch(example_inputs, settings.batch_size)
     runners = [_onnx_runner(Path(p), batch, settings.threads) for p in paths]
     return time_interleaved(runners, settings.warmup, settings.repeats)
