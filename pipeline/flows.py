@@ -259,7 +259,8 @@ def _search_and_report(
         dims = search_space(spec, info)
     except NothingToPrune as err:  # no group prunes consistently: a summary says why, exit 3
         state = state_for(spec, base.accuracy, splits.num_classes)
-        return _nothing_to_search(spec, base, state, str(err), tracker, parent, out_dir, base_run)
+        why = f"nothing to search: {err}"
+        return _nothing_to_search(spec, base, state, why, tracker, parent, out_dir, base_run)
     rounds = spec.budget.rounds or 30
     n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
     state = state_for(spec, base.accuracy, splits.num_classes)
@@ -275,7 +276,11 @@ def _search_and_report(
         _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
     else:
         optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
-        _seed_with_fixed_rule(spec, optimizer, info, base, out_dir, tracker, parent)
+        unreachable = _seed_with_fixed_rule(spec, optimizer, info, base, out_dir, tracker, parent)
+        if unreachable:  # calibration proves it: stop before the search (exit 3)
+            return _nothing_to_search(
+                spec, base, state, unreachable, tracker, parent, out_dir, base_run
+            )
 
     def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
         if INTERRUPTS.requested:
@@ -391,14 +396,16 @@ def _seed_with_fixed_rule(
     out_dir: Path,
     tracker: Tracker | None = None,
     parent: str | None = None,
-) -> None:
+) -> str | None:
     """Before the search: the channel learner's groups, stages and excluded groups go to
     the log and to the job's run (``channel_survey.json``); a plain channel-pruning search
     then starts from the best single uniform ratio. A calibration failure is recorded
-    there too, and the search goes on without that start."""
+    there too, and the search goes on without that start. Returns why the target is
+    unreachable when calibration proves it (and ``force_search`` is off), else None."""
     channel = next((x for x in build_learners(spec) if isinstance(x, ChannelPruning)), None)
     if channel is None:
-        return
+        return None
+    unreachable = None
     found = channel.survey(info)
     stages = {s: [g.root for g in found.groups if g.stage == s] for s in found.stages()}
     _log(
@@ -417,8 +424,11 @@ def _seed_with_fixed_rule(
         record["calibration"] = calibration.to_dict()
         if calibration.start is not None:
             optimizer.suggest({f"channel.{k}": v for k, v in calibration.start.items()})
+        if calibration.unreachable and not spec.force_search:
+            unreachable = calibration.outcome
     if tracker is not None and parent is not None:
         tracker.log_dict(parent, record, "channel_survey.json")
+    return unreachable
 
 
 def _nothing_to_search(
@@ -431,9 +441,10 @@ def _nothing_to_search(
     out_dir: Path,
     base_run: str | None,
 ) -> dict[str, Any]:
-    """No dimension to search (no channel group prunes consistently): no round runs, and
-    the summary's stop reason says why (target not met: exit 3)."""
-    reason = f"nothing to search: {why}"
+    """No dimension to search (no channel group prunes consistently), or a target the
+    calibration proves unreachable: no round runs, and the summary's stop reason says why
+    (target not met: exit 3)."""
+    reason = why
     _log(reason)
     summary = report.finalize(
         spec, base, state, reason, tracker, parent, out_dir, log=_log, baseline_run_id=base_run

@@ -7,12 +7,24 @@ and is what the flow logs to MLflow.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from learners import registry
 from learners.chain import validate_chain
@@ -78,6 +90,11 @@ class Target(_Strict):
                 f"(got {', '.join(given) or 'neither'})"
             )
         value = getattr(self, given[0])
+        if not math.isfinite(value):
+            raise ValueError(
+                f"target.{given[0]} must be a finite number > 1, got {value}: no model is "
+                "infinitely faster or smaller"
+            )
         if not value > 1.0:
             raise ValueError(f"target.{given[0]} must be > 1 (a factor), got {value}")
         for runtime in (self.runtime, *self.also_on):
@@ -377,6 +394,12 @@ class JobSpec(_Strict):
         description="go on with a classification baseline within 5 points of chance "
         "(1/classes) instead of stopping before the search (exit 2)",
     )
+    force_search: bool = Field(
+        default=False,
+        description="search even when calibration shows the channel learner's largest "
+        "uniform ratio falls short of the target (otherwise the job stops before the "
+        "search, exit 3)",
+    )
     task: str = Field(
         default="classification",
         description="classification (top-1 accuracy, cross-entropy on integer labels) or "
@@ -437,6 +460,17 @@ class JobSpec(_Strict):
                 raise ValueError(f"unknown learner {name!r}; known learners: {', '.join(known)}")
         return v
 
+    @field_validator("learner_options")
+    @classmethod
+    def _typed_learner_options(
+        cls, v: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        chain = info.data.get("learners") or []
+        for name in v:
+            if name not in chain:
+                raise ValueError(f"names {name!r}, which is not in learners {chain}")
+        return {name: learner_options(name, options) for name, options in v.items()}
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -446,11 +480,6 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _chain_is_valid(self) -> JobSpec:
-        for name in self.learner_options:
-            if name not in self.learners:
-                raise ValueError(
-                    f"learner_options names {name!r}, which is not in learners {self.learners}"
-                )
         _check_chain(self.learners, self.target.runtimes, self.learner_options)
         return self
 
@@ -470,6 +499,57 @@ def _check_chain(names: list[str], runtimes: list[str], options: dict[str, dict[
     the options the job will build them with, on every runtime the target names."""
     for runtime in runtimes:
         validate_chain(list(names), runtime=runtime, options=options)
+
+
+def learner_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A learner's options checked against its config (a dataclass): each key must be one
+    of its fields and each value of that field's type (converted where pydantic's lax
+    mode does: "0.5" -> 0.5, a list -> a tuple), then the learner is built with them so
+    its config's own checks (ranges, choices) run here, at spec load."""
+    config = _config_type(name)
+    if config is not None:
+        fields = [f.name for f in dataclasses.fields(config) if f.init]
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{name}.{unknown[0]} is not an option of learner {name!r}; "
+                f"its options: {', '.join(fields)}"
+            )
+        try:
+            hints = typing.get_type_hints(config)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: the learner checks it
+            hints = {}
+        typed = {}
+        for key, value in options.items():
+            hint = hints.get(key)
+            try:
+                typed[key] = value if hint is None else TypeAdapter(hint).validate_python(value)
+            except ValidationError as err:
+                why = err.errors()[0]["msg"]
+                raise ValueError(
+                    f"{name}.{key} must be {_type_name(hint)}, got {value!r} ({why})"
+                ) from None
+        options = typed
+    try:
+        registry.get(name, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} options {options}: {err}") from None
+    return options
+
+
+def _config_type(name: str) -> type | None:
+    try:
+        config = getattr(registry.get(name), "config", None)
+    except Exception:  # noqa: BLE001 - a learner that cannot be built by default
+        return None
+    return type(config) if dataclasses.is_dataclass(config) else None
+
+
+def _type_name(hint: Any) -> str:
+    names = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}
+    if hint in names:
+        return names[hint]
+    return "of type " + str(hint).replace("typing.", "").replace("NoneType", "null")
 
 
 def _explain(err: ValidationError) -> str:

@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.errors import UserError
-from pipeline.job.report import rounds_text, table, write_plots
-from pipeline.records import storage
-from pipeline.records.tracking import open_store, recorded_rounds, recorded_summary
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -34,6 +31,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # MLflow and matplotlib only when a report is asked for: every other command (and
+    # each bad-input error) starts seconds faster without them.
+    from pipeline.job.report import rounds_text, table, write_plots
+
     summary = load(args.source, args.tracking_uri)
     print(table(summary))
     print()
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
 def load(source: str, tracking_uri: str | None) -> dict[str, Any]:
     """The summary, with its ``candidates`` rows (read from MLflow when it lacks them)."""
+    from pipeline.records import storage
+    from pipeline.records.tracking import open_store, recorded_rounds, recorded_summary
+
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         if RUN_ID.fullmatch(source) and not Path(source).exists():

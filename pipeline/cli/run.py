@@ -64,6 +64,12 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="load pickled full-model files (they run any code they name)",
     )
+    g.add_argument(
+        "--force-search",
+        action="store_true",
+        default=None,
+        help="search even when calibration shows the target is out of reach",
+    )
     g.add_argument("--rounds", type=int, help="candidates to evaluate at most")
     g.add_argument("--minutes", type=float, help="search time budget")
     g.add_argument("--patience", type=int, help="rounds without gain once the target is met")
@@ -142,6 +148,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("target.max_accuracy_drop", args.max_accuracy_drop)
     put("allow_untrained_baseline", args.allow_untrained_baseline)
     put("trust_pickled_models", args.trust_pickled_models)
+    put("force_search", args.force_search)
     put("budget.rounds", args.rounds)
     put("budget.minutes", args.minutes)
     put("budget.patience", args.patience)
@@ -236,9 +243,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_job(spec: Any, args: argparse.Namespace) -> int:
+    from pipeline.job import preflight
+
+    # Preflight first: a bad input is reported before Prefect and the flow are imported.
+    try:
+        found = preflight.check(spec, args.resume)
+    except preflight.PreflightError as err:
+        raise UserError(str(err)) from None
+
     from pipeline.cli import prefect_api
     from pipeline.flows import compress
-    from pipeline.job import preflight
     from pipeline.job.report import table
     from pipeline.records.redact import redact
     from pipeline.records.storage import StorageError
@@ -247,10 +261,6 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
     from pipeline.sources.data import DataSourceError
     from pipeline.sources.models import ModelSourceError
 
-    try:
-        found = preflight.check(spec, args.resume)
-    except preflight.PreflightError as err:
-        raise UserError(str(err)) from None
     shape = "x".join(map(str, found.input_shape))
     print(
         f"preflight: {found.train_size} training samples of {shape}, "

@@ -57,13 +57,21 @@ class Calibration:
     trail: list[dict[str, Any]] = field(default_factory=list)
     start: dict[str, Any] | None = None
     outcome: str = ""
+    # The largest ratio falls short by more than timing noise: no channel-pruning
+    # candidate can reach the target (each stage's ratio is at most that one).
+    unreachable: bool = False
 
     @property
     def failures(self) -> list[dict[str, Any]]:
         return [t for t in self.trail if "error" in t]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trail": self.trail, "start": self.start, "outcome": self.outcome}
+        return {
+            "trail": self.trail,
+            "start": self.start,
+            "outcome": self.outcome,
+            "unreachable": self.unreachable,
+        }
 
 
 def calibrate(
@@ -100,6 +108,14 @@ def calibrate(
     first = value(hi)
     if first is None:
         found.outcome = "calibration failed; the search starts without the fixed rule's point"
+    elif first * margin < spec.target.value:
+        found.unreachable = True
+        found.outcome = (
+            f"target unreachable: even the largest uniform ratio ({hi}) reaches only "
+            f"{spec.target.kind} {first:.2f}, short of {spec.target.value:g} by more than "
+            "timing noise; lower the target or raise learner_options.channel.max_ratio "
+            "(--force-search searches anyway)"
+        )
     elif first < goal:
         found.outcome = f"even a uniform ratio of {hi} falls short of the target"
     else:

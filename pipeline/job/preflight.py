@@ -108,18 +108,36 @@ def check_data(spec: JobSpec) -> Splits:
                 f"data source {source}: the {name} split is empty (use more data, or a "
                 "smaller data.val_fraction / data.test_fraction)"
             )
+    shape = tuple(splits.input_shape)
+    for name in ("val", "test"):
+        theirs = tuple(getattr(splits, name)[0][0].shape)
+        if theirs != shape:
+            raise PreflightError(
+                f"data source {source}: the {name} split's inputs are {_dims(theirs)} but the "
+                f"train split's are {_dims(shape)}: every split must yield one input shape "
+                "(resize or crop them alike)"
+            )
     if spec.task == "custom":
         return splits  # targets are the user's: their evaluate and loss read them
-    labels = _labels(splits.train)
-    if labels.is_floating_point() or labels.is_complex():
+    by_split = {name: _labels(getattr(splits, name)) for name in ("train", "val", "test")}
+    for name, labels in by_split.items():
+        if labels.is_floating_point() or labels.is_complex():
+            raise PreflightError(
+                f"data source {source}: {name} labels are {labels.dtype}, but classification "
+                "needs integer class indices 0..C-1 (convert them, e.g. y.long())"
+            )
+        if int(labels.min()) < 0:
+            raise PreflightError(
+                f"data source {source}: {name} labels include {int(labels.min())}; class "
+                "indices must lie in 0..C-1"
+            )
+    labels = by_split["train"]
+    unseen = sorted(set(by_split["val"].tolist()) - set(labels.tolist()))
+    if unseen:
         raise PreflightError(
-            f"data source {source}: labels are {labels.dtype}, but classification needs "
-            "integer class indices 0..C-1 (convert them, e.g. y.long())"
-        )
-    if int(labels.min()) < 0:
-        raise PreflightError(
-            f"data source {source}: labels include {int(labels.min())}; class indices must "
-            "lie in 0..C-1"
+            f"data source {source}: the val split holds class {unseen[0]}, which the train "
+            f"split never shows (train classes: {sorted(set(labels.tolist()))[:12]}): the "
+            "search would score the model on a class it cannot learn; check the labels"
         )
     present = torch.unique(labels).numel()
     if present < 2:
@@ -128,6 +146,10 @@ def check_data(spec: JobSpec) -> Splits:
             "classification needs at least two (check the labels or data.limit)"
         )
     return splits
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalars"
 
 
 def _labels(dataset) -> torch.Tensor:
@@ -204,6 +226,14 @@ def check_baseline_learnt(
 def _forward_failure(source: str, data: str, model: nn.Module, x: torch.Tensor, err: Exception):
     expected = first_input_channels(model)
     shape = "x".join(map(str, x.shape[1:]))
+    rank = first_input_rank(model)
+    if rank is not None and rank != x.dim() - 1:
+        return (
+            f"model {source} takes inputs of {rank} dimensions (channels x "
+            f"{'x'.join(['size'] * (rank - 1))}) per sample, but data {data} yields {shape} "
+            f"({x.dim() - 1} dimension{'s' if x.dim() > 2 else ''}): reshape the data or use "
+            "a model for this input"
+        )
     if expected is not None and expected != x.shape[1]:
         return (
             f"model {source} expects {expected}-channel inputs but data {data} yields "
@@ -222,6 +252,17 @@ def first_input_channels(model: nn.Module) -> int | None:
             return module.in_channels
         if isinstance(module, nn.Linear):
             return None  # a Linear first: no channel dimension to compare
+    return None
+
+
+def first_input_rank(model: nn.Module) -> int | None:
+    """Dimensions of one sample the first convolution takes (C x L, C x H x W, ...)."""
+    ranks = {nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
+    for module in model.modules():
+        if type(module) in ranks:
+            return ranks[type(module)]
+        if isinstance(module, nn.Linear):
+            return None
     return None
 
 

@@ -222,7 +222,7 @@ def _from_callable(source: str) -> Splits:
     result = fn()
     if isinstance(result, dict):
         result = (result.get("train"), result.get("val"), result.get("test"))
-    if not (isinstance(result, tuple) and len(result) == 3 and all(result)):
+    if not (isinstance(result, tuple) and len(result) == 3 and all(r is not None for r in result)):
         raise DataSourceError(
             f"data source {source!r} must return (train, val, test) DataLoaders or a dict "
             "with keys train, val, test"

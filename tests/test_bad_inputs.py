@@ -1,0 +1,316 @@
+"""The bad-input catalogue (issue 12, item 8): each case runs the real CLI
+(``python -m pipeline run ...`` in a subprocess) and must end with its exit code (2 for
+bad input, 3 for a target the calibration proves unreachable), one message naming the
+problem, no traceback, and nothing that spoils the store or the output root for the next
+job: every case shares one sqlite store and one output root, and a good tiny job runs on
+both at the end.
+
+Most cases fail in the spec or in preflight, within seconds; they run a few at a time in
+one module fixture (each CLI start imports torch), and each test reads its case's result.
+The callables below are the cases' model factories and data sources
+(``tests.test_bad_inputs:<name>``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.helpers import TINY_JOB, TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = "tests.test_bad_inputs"
+CASE_TIMEOUT_S = 150
+PARALLEL = 3
+
+
+# --- model factories and data sources the cases name -------------------------------
+
+
+def raising_factory(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    raise RuntimeError("factory exploded on purpose")
+
+
+def two_class_net(**_: object) -> nn.Module:
+    """A factory that ignores num_classes: two logits whatever the data."""
+    return TinyNet(num_classes=2, in_channels=1, width=8)
+
+
+class _Features(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.net = TinyNet(num_classes, in_channels, width=8)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.net(x)
+        return {"features": y, "other": y * 2}  # two tensors, neither called logits
+
+
+def no_logits_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return _Features(num_classes, in_channels)
+
+
+def _loaders(x: torch.Tensor, y: torch.Tensor, cuts=((0, 60), (60, 80), (80, 100))):
+    return tuple(DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=16) for a, b in cuts)
+
+
+def _images(n: int = 100, size: int = 8) -> torch.Tensor:
+    return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def raising_data():
+    raise OSError("the dataset server is down (on purpose)")
+
+
+def empty_val_data():
+    x, y = _images(), torch.arange(100) % 2
+    return _loaders(x, y, cuts=((0, 80), (80, 80), (80, 100)))
+
+
+def negative_label_data():
+    return _loaders(_images(), torch.arange(100) % 3 - 1)  # -1, 0, 1
+
+
+def float_label_data():
+    return _loaders(_images(), (torch.arange(100) % 2).float() + 0.5)
+
+
+def one_class_data():
+    return _loaders(_images(), torch.zeros(100, dtype=torch.long))
+
+
+def val_label_out_of_range_data():
+    """Train and test hold classes 0 and 1; validation holds a class 7 nobody trained."""
+    y = torch.arange(100) % 2
+    y[60:80] = 7
+    return _loaders(_images(), y)
+
+
+def mixed_shape_data():
+    """Train is 8x8, validation and test 6x6: batches of one source must share a shape."""
+    x8, x6, y = _images(60), _images(40, size=6), torch.arange(100) % 2
+    train = DataLoader(TensorDataset(x8, y[:60]), batch_size=16)
+    val = DataLoader(TensorDataset(x6[:20], y[60:80]), batch_size=16)
+    test = DataLoader(TensorDataset(x6[20:], y[80:]), batch_size=16)
+    return train, val, test
+
+
+def flat_data():
+    """Vectors of 64 features, not images: a conv model cannot take them."""
+    return _loaders(_images().flatten(1), torch.arange(100) % 2)
+
+
+def not_loaders_data():
+    return [1, 2, 3]
+
+
+# --- the cases ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    fragment: str  # in stderr + stdout, case-insensitive
+    code: int = 2
+    files: tuple[tuple[str, str], ...] = ()  # (name, YAML text) written under the case root
+    gpu_ok: bool = True  # False: only meaningful where torch sees no GPU
+
+
+def yaml_case(id: str, text: str, fragment: str, *extra: str) -> Case:
+    return Case(id, ("--job", "{root}/" + id + ".yaml", *extra), fragment, files=((id, text),))
+
+
+CASES = [
+    # spec: the file, its keys and values, the chain, the target
+    yaml_case("yaml-syntax", "target: [speedup: 2\n", "not valid YAML"),
+    yaml_case("yaml-not-mapping", "- a\n- b\n", "mapping at the top level"),
+    yaml_case("unknown-key", "target: {speedup: 2}\nbogus: 1\n", "bogus: unknown key"),
+    yaml_case("unknown-nested-key", "target: {speedup: 2, sped: 3}\n", "target.sped"),
+    yaml_case(
+        "wrong-type", "target: {speedup: 2}\nfinetune: {weight_decay: lots}\n", "weight_decay"
+    ),
+    yaml_case("both-targets", "target: {speedup: 2, compression: 2}\n", "exactly one"),
+    Case("job-file-missing", ("--job", "{root}/nope.yaml"), "does not exist"),
+    Case("no-target", ("--target-speedup", None), "got neither"),  # type: ignore[arg-type]
+    Case("target-below-one", ("--target-speedup", "0.5"), "must be > 1"),
+    Case("target-inf", ("--target-speedup", "inf"), "finite"),
+    yaml_case("target-nan", "target: {compression: .nan}\n", "finite"),
+    Case("negative-rounds", ("--rounds", "-1"), "budget.rounds"),
+    Case("zero-lr", ("--lr", "0"), "finetune.lr"),
+    Case("zero-measure-batch", ("--measure-batch", "0"), "measure.batch_size"),
+    Case("tiny-data-limit", ("--data-limit", "3"), "data.limit"),
+    Case("unknown-learner", ("--learners", "bogus"), "unknown learner 'bogus'"),
+    Case("bad-chain-order", ("--learners", "int8,channel"), "cannot follow"),
+    Case("repeated-learner", ("--learners", "channel,channel"), "more than once"),
+    Case("int8-on-torch-cpu", ("--learners", "channel,int8"), "runs only on"),
+    Case("unknown-runtime", ("--runtime", "tpu"), "'tpu' is unknown"),
+    Case("unknown-device", ("--device", "tpu"), "device 'tpu' is unknown"),
+    Case("unknown-data-scheme", ("--data", "ftp"), "data source 'ftp'"),
+    Case("learner-option-unknown", ("--learner-option", "channel.bogus=1"), "max_ratio"),
+    Case("learner-option-type", ("--learner-option", "channel.max_ratio=abc"), "max_ratio"),
+    Case("learner-option-range", ("--learner-option", "channel.max_ratio=1.5"), "max_ratio"),
+    Case("learner-option-choice", ("--learner-option", "channel.granularity=row"), "'stage'"),
+    Case("learner-option-elsewhere", ("--learner-option", "int8.x=1"), "not in learners"),
+    Case("learner-option-shape", ("--learner-option", "channel=1"), "NAME.KEY=VALUE"),
+    Case("model-option-shape", ("--model-option", "width"), "KEY=VALUE"),
+    # model: source, factory, options, weights, output
+    Case("unknown-zoo-model", ("--model", "resnet999"), "not a zoo model"),
+    Case("factory-not-importable", ("--model", "tests.nowhere:net"), "cannot be imported"),
+    Case("factory-raises", ("--model", f"{HERE}:raising_factory"), "exploded on purpose"),
+    Case("factory-not-module", ("--model", "tests.helpers:not_a_module"), "not an nn.Module"),
+    Case("unknown-model-option", ("--model-option", "bogus=1"), "bogus"),
+    Case("zoo-unknown-option", ("--model", "resnet20", "--model-option", "bogus=1"), "bogus"),
+    Case("weights-missing", ("--weights", "{root}/nope.pt"), "nope.pt"),
+    Case("weights-truncated", ("--weights", "{root}/truncated.pt"), "truncated.pt"),
+    Case("weights-not-fitting", ("--weights", "{root}/narrow.pt"), "do not fit"),
+    Case("weights-not-a-state-dict", ("--weights", "{root}/tensor.pt"), "state dict"),
+    Case("wrong-class-count", ("--model-option", "num_classes=3"), "10 classes"),
+    Case("fixed-two-classes", ("--model", f"{HERE}:two_class_net"), "10 classes"),
+    Case("wrong-channels", ("--model-option", "in_channels=3"), "3-channel"),
+    Case("output-without-logits", ("--model", f"{HERE}:no_logits_net"), "model.output"),
+    yaml_case(
+        "output-index-out-of-range",
+        "target: {speedup: 2}\nmodel: {source: tests.helpers:tiny_cnn, output: 5}\n",
+        "output",
+    ),
+    # data
+    Case("data-dir-missing", ("--data", "cifar10:{root}/nowhere"), "not a directory"),
+    Case("data-not-importable", ("--data", "tests.nowhere:loaders"), "cannot be imported"),
+    Case("data-raises", ("--data", f"{HERE}:raising_data"), "server is down"),
+    Case("data-not-loaders", ("--data", f"{HERE}:not_loaders_data"), "(train, val, test)"),
+    Case("empty-split", ("--data", f"{HERE}:empty_val_data"), "val split is empty"),
+    Case("negative-labels", ("--data", f"{HERE}:negative_label_data"), "labels include -1"),
+    Case("float-labels", ("--data", f"{HERE}:float_label_data"), "integer class"),
+    Case("one-class", ("--data", f"{HERE}:one_class_data"), "at least two"),
+    Case("val-label-unseen", ("--data", f"{HERE}:val_label_out_of_range_data"), "7"),
+    Case("mixed-shapes", ("--data", f"{HERE}:mixed_shape_data"), "1x6x6"),
+    Case("flat-inputs", ("--data", f"{HERE}:flat_data"), "64"),
+    # memory, output, tracking, device, resume
+    Case("measure-batch-too-large", ("--measure-batch", "4000000000"), "measure.batch_size"),
+    Case("output-is-a-file", ("--output", "{root}/a-file"), "is a file"),
+    Case("output-read-only", ("--output", "/sys/compressflow-out"), "cannot be written"),
+    Case("output-under-a-file", ("--output", "{root}/a-file/out"), "cannot be written"),
+    Case("tracking-unreachable", ("--tracking-uri", "http://127.0.0.1:9"), "does not answer"),
+    Case("tracking-store-read-only", ("--tracking-uri", "sqlite:////sys/m.db"), "cannot be"),
+    Case("cuda-without-gpu", ("--device", "cuda"), "needs a CUDA GPU", gpu_ok=False),
+    Case("cuda-runtime-without-gpu", ("--runtime", "cuda"), "needs a CUDA GPU", gpu_ok=False),
+    Case("resume-bogus-id", ("--resume", "0123456789abcdef"), "0123456789abcdef"),
+    # a target the calibration proves unreachable: stopped before the search, exit 3
+    Case("speedup-unreachable", ("--target-speedup", "1000"), "--force-search", code=3),
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad-inputs")
+    for case in CASES:
+        for name, text in case.files:
+            (root / f"{name}.yaml").write_text(text)
+    (root / "a-file").write_text("not a folder")
+    good = TinyNet(10, 1, 16).state_dict()
+    torch.save(good, root / "good.pt")
+    data = (root / "good.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    torch.save(TinyNet(10, 1, 8).state_dict(), root / "narrow.pt")
+    torch.save(torch.zeros(3), root / "tensor.pt")
+    return root
+
+
+def common_flags(root: Path) -> list[str]:
+    return [
+        *TINY_JOB,
+        "--target-speedup", "1.5", "--rounds", "1",
+        "--output", str(root / "out"), "--tracking-uri", f"sqlite:///{root}/mlflow.db",
+        "--experiment", "bad-inputs", "--no-register",
+    ]  # fmt: skip
+
+
+def command(case: Case, root: Path) -> list[str]:
+    flags = common_flags(root)
+    args = list(case.args)
+    if None in args or "--job" in args:  # the target comes from the job file, or nowhere
+        i = flags.index("--target-speedup")
+        del flags[i : i + 2]
+        args = [a for a in args if a is not None and a != "--target-speedup"]
+    args = [a.replace("{root}", str(root)) for a in args]
+    return [sys.executable, "-m", "pipeline", "run", *flags, *args]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: list[str]) -> Outcome:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        done = subprocess.run(
+            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CASE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as err:
+        return Outcome(-1, str(err.stdout or ""), f"timed out after {CASE_TIMEOUT_S} s")
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def outcomes(root: Path) -> dict[str, Outcome]:
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {c.id: pool.submit(run_cli, command(c, root)) for c in CASES}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def test_the_catalogue_is_large_and_distinct():
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_cleanly(case: Case, outcomes: dict[str, Outcome]):
+    got = outcomes[case.id]
+    both = got.stdout + got.stderr
+    tail = "\n".join(both.strip().splitlines()[-6:])
+    assert got.code == case.code, f"exit {got.code}, wanted {case.code}:\n{tail}"
+    assert case.fragment.lower() in both.lower(), f"{case.fragment!r} not in:\n{tail}"
+    assert "Traceback" not in got.stderr, got.stderr[-3000:]
+    if case.code == 2:  # one line, on stderr, names the problem
+        errors = [line for line in got.stderr.splitlines() if "compressflow: error:" in line]
+        assert len(errors) == 1, got.stderr[-2000:]
+
+
+def test_the_next_job_on_the_same_store_and_output_still_works(root, outcomes):
+    """After every bad case: a good tiny job on the same sqlite store and output root."""
+    assert outcomes  # the catalogue ran first, on this store and root
+    got = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            *common_flags(root),
+            "--target-compression",
+            "1.2",
+            "--summary-json",
+            str(root / "summary.json"),
+        ]  # fmt: skip
+    )
+    assert got.code == 0, (got.stdout + got.stderr)[-3000:]
+    assert "Traceback" not in got.stderr
+    assert (root / "summary.json").is_file()
+
+
+def test_a_negative_control_is_caught():
+    """The assertions above can fail: a good job's flags are not an input error."""
+    good = Outcome(0, "job x: channel on ...", "")
+    assert good.code != 2 and "compressflow: error:" not in good.stderr
