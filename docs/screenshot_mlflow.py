@@ -1,5 +1,14 @@
 """Drive headless Debian chromium over the DevTools protocol: open the MLflow runs table
-of a finished job, expand the job's parent run, and take screenshots (runs table, chart)."""
+of a finished job, then run the steps given after the four arguments, in order:
+
+  click:<js>   evaluate <js> (e.g. an element's .click()), print its value, wait 3 s
+  press:<js>   <js> evaluates to an element: send it pointer/mouse down, up and click
+               (MLflow's tabs and selects ignore a bare .click()), wait 3 s
+  goto:<path>  navigate to <ui><path> (e.g. /#/compare-runs?runs=...), wait 8 s
+  js:<js>      evaluate <js> and print its value (to inspect the page)
+  shot:<file>  save a screenshot of the page as <out dir>/<file>
+
+usage: screenshot_mlflow.py <devtools port> <ui url> <experiment id> <out dir> [step ...]"""
 
 import asyncio
 import base64
@@ -13,6 +22,15 @@ from pathlib import Path
 import websockets
 
 PORT, UI, EXP, OUT = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+PRESS = """(() => {
+  const t = (%s);
+  if (!t) return 'not found';
+  for (const ev of ['pointerdown', 'mousedown', 'pointerup', 'mouseup', 'click']) {
+    const E = ev.startsWith('pointer') ? PointerEvent : MouseEvent;
+    t.dispatchEvent(new E(ev, {bubbles: true, button: 0, pointerType: 'mouse'}));
+  }
+  return 'pressed ' + (t.textContent || '').trim().slice(0, 40);
+})()"""
 
 
 async def main():
@@ -82,8 +100,18 @@ async def main():
                 if step.startswith("click:"):
                     print(step, await js(step[6:]))
                     await asyncio.sleep(3)
+                elif step.startswith("press:"):
+                    print(step, await js(PRESS % step[6:]))
+                    await asyncio.sleep(3)
+                elif step.startswith("goto:"):
+                    await call("Page.navigate", url=UI + step[5:])
+                    await asyncio.sleep(8)
+                elif step.startswith("js:"):
+                    print(step, await js(step[3:]))
                 elif step.startswith("shot:"):
                     await shot(step[5:])
+                else:
+                    raise SystemExit(f"unknown step {step!r}")
     finally:
         proc.terminate()
 
