@@ -24,11 +24,11 @@ from prefect.runtime import flow_run
 from hpo.optimizer import Optimizer
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning, NothingToPrune
-from learners.formats.export import load_model
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report
 from pipeline.job.calibrate import calibrate
+from pipeline.job.modelfile import load_baseline
 from pipeline.job.progress import SearchProgress
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, run_search, search_space, state_for
@@ -254,7 +254,7 @@ def _search_and_report(
             tracker.log_dataset(run_id, **data)
     board = PrefectBoard(spec.job_name, log=_log)
     splits = splits_for(spec)
-    info = ModelInfo(load_model(base.model_path), splits.example_inputs())
+    info = ModelInfo(load_baseline(spec, base.model_path), splits.example_inputs())
     try:
         dims = search_space(spec, info)
     except NothingToPrune as err:  # no group prunes consistently: a summary says why, exit 3

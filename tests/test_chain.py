@@ -99,7 +99,7 @@ def test_deep_compression_chain_namespaces_params_and_packs_everything():
         assert codec.sparse and codec.values == "codebook" and codec.huffman
         assert m.weight[m.weight != 0].unique().numel() <= 16
     x = torch.randn(4, 1, 8, 8)
-    assert torch.equal(loads_packed(out.packed()[0])(x), out(x))
+    assert torch.equal(loads_packed(out.packed()[0], out)(x), out(x))
 
 
 def test_channel_then_int8_gives_a_smaller_int8_graph():

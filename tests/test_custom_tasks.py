@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from learners.formats.export import load_model
 from pipeline import spec as spec_mod
 from pipeline.cli.main import main
 from pipeline.job import preflight
+from pipeline.job.modelfile import load_saved
 
 # ---------------------------------------------------------------- the user's code
 
@@ -128,11 +128,11 @@ def _run(tmp_path, data: str, model: str, evaluate: str, loss: str) -> tuple[int
 def _check_metric_is_the_users(tmp_path, summary, data_fn, metric) -> None:
     _, val, test = data_fn()
     base_onnx = Path(summary["artifacts"]["baseline_onnx"])
-    base = load_model(base_onnx.with_name("model.pt")).eval()
+    base = load_saved(base_onnx.with_name("model.safetensors")).eval()
     with torch.no_grad():
         assert summary["baseline"]["accuracy"] == pytest.approx(metric(base, val, "cpu"))
         assert summary["baseline"]["test_accuracy"] == pytest.approx(metric(base, test, "cpu"))
-        best = load_model(summary["artifacts"]["best_model"]).eval()
+        best = load_saved(summary["artifacts"]["best_model"]).eval()
         assert summary["best"]["accuracy"] == pytest.approx(metric(best, val, "cpu"), abs=1e-6)
         assert summary["best"]["test_accuracy"] == pytest.approx(metric(best, test, "cpu"))
 

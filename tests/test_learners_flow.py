@@ -9,10 +9,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from learners.formats.export import load_model
 from learners.formats.onnx_module import OnnxModule
 from learners.formats.packed import load_packed
 from pipeline.cli.main import main
+from pipeline.job.modelfile import load_saved
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -38,7 +38,7 @@ def run_job(tmp_path: Path, *extra: str) -> dict:
 
 
 def _outputs_match(summary: dict, reloaded: torch.nn.Module) -> None:
-    best = load_model(summary["artifacts"]["best_model"])
+    best = load_saved(summary["artifacts"]["best_model"])  # rebuilt from records, no pickle
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(reloaded(x), best(x))
     assert Path(summary["best"]["deployable"]).stat().st_size == summary["best"]["bytes"]
@@ -49,7 +49,9 @@ def test_deep_compression_chain_packs_a_file_that_reloads(tmp_path):
     best = summary["best"]
     assert best["deployable"].endswith(".cfpk") and best["compression"] > 1
     assert set(best["params"]) >= {"sparsity.sparsity", "nonuniform.bits"}
-    _outputs_match(summary, load_packed(best["deployable"]))
+    _outputs_match(
+        summary, load_packed(best["deployable"], load_saved(summary["artifacts"]["best_model"]))
+    )
 
 
 LOSS = "finetune.sparsity.train_loss"
@@ -75,7 +77,10 @@ def rounds_recorded(summary: dict) -> dict[str, tuple[str, list[float]]]:
 def test_sparsity_with_distillation(tmp_path):
     flags = ("--learners", "sparsity", "--target-compression", "2")
     summary = run_job(tmp_path / "kd", *flags, "--distill")
-    _outputs_match(summary, load_packed(summary["best"]["deployable"]))
+    _outputs_match(
+        summary,
+        load_packed(summary["best"]["deployable"], load_saved(summary["artifacts"]["best_model"])),
+    )
     # The same job without a teacher: same seed, baseline and proposals, so the same
     # sparse models start fine-tuning (run twice, such a job records identical losses).
     plain = run_job(tmp_path / "ce", *flags)
@@ -113,4 +118,6 @@ def test_quantisation_aware_training_from_a_job_file(tmp_path):
     summary = run_job(tmp_path, "--job", str(job))
     best = summary["best"]
     assert best["deployable"].endswith(".cfpk") and "qat.bits" in best["params"]
-    _outputs_match(summary, load_packed(best["deployable"]))
+    _outputs_match(
+        summary, load_packed(best["deployable"], load_saved(summary["artifacts"]["best_model"]))
+    )

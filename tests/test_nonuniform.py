@@ -74,7 +74,7 @@ def test_each_layer_uses_at_most_2_to_the_b_values_and_reloads_bit_exact(shared)
         assert m.weight.unique().numel() <= 8, name
         assert out.codecs[f"{name}.weight"] == TensorCodec(values="codebook", bits=3, huffman=True)
     data, _ = out.packed()
-    back = loads_packed(data)
+    back = loads_packed(data, out)
     for key, value in out.model.state_dict().items():
         assert torch.equal(back.model.state_dict()[key], value), key
     x = torch.randn(8, 1, 8, 8)
@@ -110,7 +110,7 @@ def test_after_sparsity_zeros_stay_and_huffman_codes_positions_too():
         assert out.codecs[f"{name}.weight"].sparse
     data, stats = out.packed()
     assert stats.total < sparse.packed()[1].total
-    back = loads_packed(data)
+    back = loads_packed(data, out)
     x = torch.randn(8, 1, 8, 8)
     assert torch.equal(back(x), out(x))
 

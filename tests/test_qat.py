@@ -56,7 +56,7 @@ def test_qat_packs_weights_in_their_bits_and_reloads_bit_exact():
         assert codes.round().abs().max() <= levels
         expected = -(-m.weight.numel() * bits[name] // 8)
         assert stats.per_tensor[f"{name}.weight"] == expected, name
-    back = loads_packed(out.packed()[0])
+    back = loads_packed(out.packed()[0], out)
     x = torch.randn(8, 1, 8, 8)
     assert torch.equal(back(x), out(x))
     assert any(isinstance(m, ActQuant) and m.frozen for m in back.modules())
@@ -86,7 +86,7 @@ def test_qat_after_sparsity_holds_the_zeros():
         assert out.codecs[f"{name}.weight"].sparse
     assert out.packed()[1].coded < sparse.packed()[1].coded
     x = torch.randn(4, 1, 8, 8)
-    assert torch.equal(loads_packed(out.packed()[0])(x), out(x))
+    assert torch.equal(loads_packed(out.packed()[0], out)(x), out(x))
 
 
 def test_qat_replay_quantises_to_the_recorded_bits():

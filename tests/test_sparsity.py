@@ -88,7 +88,7 @@ def test_packed_file_shrinks_with_the_density_and_reloads_identically(pruned):
     assert stats.coded < 4 * weights * (density(out) + 1 / 32) + len(layers)
     # The file shrinks by the dropped weights, less a little header per coded tensor.
     assert stats.total <= dense_total - 4 * weights + stats.coded + 64 * len(layers)
-    back = loads_packed(data)
+    back = loads_packed(data, out)
     x = torch.randn(8, 1, 8, 8)
     assert torch.equal(back(x), out(x))
 

@@ -20,9 +20,9 @@ from learners.finetune import (
     train_,
     warmup_cosine,
 )
-from learners.formats.export import load_model
 from pipeline.cli.main import build_parser, main
 from pipeline.cli.run import spec_from_args
+from pipeline.job.modelfile import load_saved
 from pipeline.job.search import SearchState
 from pipeline.records.results import CandidateResult
 from pipeline.sources.data import load_splits
@@ -69,7 +69,7 @@ def test_reported_accuracy_is_a_fresh_batchnorm_estimate_and_latencies_match_spe
     splits = load_splits("digits", 8, 0.2, 0.2, 400, 0)
     train, val, _ = splits.loaders(64, 0)
     # The saved baseline, re-estimated afresh on the whole training split.
-    model = load_model(Path(summary["artifacts"]["baseline_onnx"]).with_name("model.pt"))
+    model = load_saved(Path(summary["artifacts"]["baseline_onnx"]).with_name("model.safetensors"))
     recalibrate_batchnorm_(model, train)
     fresh = accuracy(model, val)
     one_image = 1 / len(splits.val)
@@ -91,7 +91,7 @@ def test_without_batchnorm_reestimation_the_reported_accuracy_is_off(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     splits = load_splits("digits", 8, 0.2, 0.2, 400, 0)
     train, val, _ = splits.loaders(64, 0)
-    model = load_model(Path(summary["artifacts"]["baseline_onnx"]).with_name("model.pt"))
+    model = load_saved(Path(summary["artifacts"]["baseline_onnx"]).with_name("model.safetensors"))
     recalibrate_batchnorm_(model, train)
     assert abs(summary["baseline"]["accuracy"] - accuracy(model, val)) > 5 / len(splits.val)
 

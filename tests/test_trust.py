@@ -19,7 +19,7 @@ import torch
 
 from learners.formats.modelfile import TRUST_FLAG, UntrustedModelError, load_model_file
 from pipeline.sources.models import ModelSourceError, build_model
-from tests.helpers import TinyNet, example_inputs
+from tests.helpers import TinyNet, example_inputs, tiny_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +172,120 @@ def test_no_unflagged_pickle_load_is_left_in_the_code():
             ):
                 offenders.append(rel)
     assert offenders == []
+
+
+def test_a_packed_file_with_a_pickled_architecture_runs_nothing(tmp_path):
+    import struct
+    import zlib
+
+    from learners.formats.packed import MAGIC, PackedModel, TensorCodec, load_packed
+
+    model = TinyNet().eval()
+    packed = PackedModel(model, {"conv1.weight": TensorCodec(sparse=True)})
+    good = packed.save_packed(tmp_path / "good.cfpk")
+    data = good.read_bytes()
+    version, header_len, arch_len = struct.unpack_from("<BII", data, 4)
+    assert arch_len == 0  # what the job writes holds no pickle
+    marker = tmp_path / "marker-cfpk"
+    evil, start = zlib.compress(__import__("pickle").dumps(Boom(marker))), 4 + 9
+    crafted_bytes = (
+        MAGIC
+        + struct.pack("<BII", version, header_len, len(evil))
+        + data[start : start + header_len]
+        + evil
+        + data[start + header_len :]
+    )
+    (tmp_path / "evil.cfpk").write_bytes(crafted_bytes)
+    with pytest.raises(ValueError, match="pickled architecture"):
+        load_packed(tmp_path / "evil.cfpk", TinyNet())
+    assert not marker.exists()
+    back = load_packed(good, TinyNet())  # the template's architecture, the file's tensors
+    x = example_inputs()
+    assert torch.equal(back(x), packed(x))
+
+
+class BoomNet(TinyNet):
+    """A module that, unpickled, writes a marker (MLflow's pickle flavour pickles it)."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (exec, (f"open({BoomNet.marker!r}, 'w').write('ran')",))
+
+
+def test_registered_models_load_without_pickle_and_pickled_ones_are_refused(tmp_path, monkeypatch):
+    import mlflow
+    import mlflow.pytorch
+
+    from learners.formats.export import export_onnx
+    from pipeline.records.tracking import log_model_without_pickle
+
+    uri = f"sqlite:///{tmp_path}/reg.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("trust")
+    model, x = TinyNet(width=4).eval(), example_inputs()
+    onnx = export_onnx(model, x, tmp_path / "m.onnx")
+    with mlflow.start_run() as run:
+        log_model_without_pickle(model, onnx, x, run.info.run_id, "safe")
+        BoomNet.marker = str(tmp_path / "marker-registry")
+        mlflow.pytorch.log_model(
+            BoomNet(width=4),
+            name="pickled",
+            registered_model_name="pickled",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
+    loaded, _ = build_model("models:/safe/1", 10, 1)
+    assert not isinstance(loaded, TinyNet)  # a torch.export program, not the class
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    assert loaded(torch.randn(3, 1, 8, 8)).shape == (3, 10)  # the batch stays dynamic
+    with pytest.raises(ModelSourceError, match=re.escape(TRUST_FLAG)):
+        build_model("models:/pickled/1", 10, 1)
+    assert not Path(BoomNet.marker).exists()
+
+
+@pytest.mark.parametrize("chain", [["channel"], ["lowrank"], ["sparsity", "nonuniform"]])
+def test_a_candidate_rebuilds_from_records_and_safetensors(tmp_path, chain):
+    """What the job saves for a candidate reloads to the same outputs, strictly."""
+    from pipeline import spec as spec_mod
+    from pipeline.job.candidate import compress
+    from pipeline.job.modelfile import load_baseline, load_candidate, save_baseline, save_candidate
+    from pipeline.job.settings import build_learners, splits_for
+
+    job = spec_mod.parse(
+        {
+            "model": "tests.helpers:tiny_cnn",
+            "data": {"source": "digits", "limit": 200, "image_size": 8},
+            "target": {"compression": 2},
+            "learners": chain,
+        }
+    )
+    splits = splits_for(job)
+    train, val, _ = splits.loaders(16, 0)
+    base = load_baseline(job, save_baseline(tiny_cnn().eval(), tmp_path / "baseline"))
+    from learners.base import Context, ModelInfo
+    from learners.chain import chain_space
+
+    ctx = Context(train, val, splits.example_inputs(), finetune=lambda *a, **k: {}, seed=3)
+    learners = build_learners(job)
+    dims = chain_space(learners, ModelInfo(base, splits.example_inputs()))
+
+    # The strongest setting each dimension allows: the largest pruning ratio or sparsity,
+    # the smallest rank fraction (a categorical: its first choice).
+    def strongest(d):
+        if hasattr(d, "choices"):
+            return d.choices[0]
+        return d.low if d.name.startswith("lowrank.") else d.high
+
+    params = {d.name: strongest(d) for d in dims}
+    model = compress(learners, base, params, ctx, 0).eval()
+    if chain[0] != "sparsity":  # the architecture changed: a plain load would not fit
+        assert sum(p.numel() for p in model.parameters()) < sum(
+            p.numel() for p in base.parameters()
+        )
+    path = save_candidate(model, ctx.records, tmp_path / "rounds" / "round-001")
+    again = load_candidate(job, path, base, seed=3)
+    x = splits.example_inputs()
+    assert torch.equal(again(x), model(x))
+    assert not list(tmp_path.rglob("*.pt"))  # nothing pickled written

@@ -1,4 +1,6 @@
-"""Writing and reading model files: ONNX for deployment, full pickles for hand-over.
+"""Writing model files for deployment: ONNX, or a learner's own packed format.
+
+(Model files the job keeps for itself, without pickle, are in ``learners.formats.modelfile``.)
 
 A module that has its own deployable format (packed sparse weights, codebooks, an int8
 ONNX graph) exposes ``save_packed(path)`` and/or ``export_onnx(path)``; otherwise the
@@ -70,19 +72,3 @@ def save_deployable(model: nn.Module, example_inputs: torch.Tensor, stem: str | 
         packed(path)
         return path
     return export_onnx(model, example_inputs, stem.with_suffix(".onnx"))
-
-
-def save_model(model: nn.Module, path: str | Path) -> Path:
-    """The whole module (architecture + weights): pruned models no longer match a factory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, path)
-    return path
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """Load a file written by ``save_model``. Pickles run code: only load trusted files."""
-    model = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module")
-    return model.eval()

@@ -12,9 +12,9 @@ What a user may hand over (``load_model_file``):
   (``trust_pickled=True``: the job's ``--trust-pickled-models``).
 - ``.safetensors``: weights only; they need an architecture (a factory or zoo name).
 
-What the job writes for itself (``save_state``/``load_state``): a module's tensors in
-safetensors (``state.safetensors``) plus, for a module that holds non-tensor state (an
-int8 ONNX graph), that state as its own file (``graph.onnx``). The architecture is never
+What the job writes for itself (``save_model``/``load_model``): a module's tensors in
+safetensors plus, where a module holds non-tensor state, that state as its own file (an
+int8 ONNX graph as ONNX, a packed model's codecs as JSON). The architecture is never
 stored: it is rebuilt from the model source and the learners' JSON replay records.
 """
 
@@ -24,17 +24,18 @@ import json
 import os
 import threading
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from learners.formats.onnx_module import OnnxModule
+from learners.formats.packed import PackedModel, TensorCodec
 
 TRUST_FLAG = "--trust-pickled-models"
 TRUST_FIELD = "trust_pickled_models"
-STATE_FILE = "state.safetensors"
-GRAPH_FILE = "graph.onnx"
 _ENV_LOCK = threading.Lock()
 
 
@@ -139,41 +140,86 @@ def load_pt2(path: str | Path, trust_pickled: bool = False) -> nn.Module:
                     os.environ.pop(k, None)
                     if v is not None:
                         os.environ[k] = v
-    return program.module()
+    return ExportedModule(program.module())
+
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program's module as a plain ``nn.Module``: the exported graph
+    runs as exported (its train/eval behaviour is fixed at export; torch refuses
+    ``.eval()`` on it), so ``train``/``eval`` here only set the flag."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.program(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
 
 
 _TORCH_ENV = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
 
 
-def save_state(model: nn.Module, folder: str | Path) -> Path:
-    """``folder``/state.safetensors (every tensor of the state dict, shared ones once), plus
-    ``graph.onnx`` for an ``OnnxModule`` anywhere in the model. Returns ``folder``."""
-    from safetensors.torch import save_model
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    """``path`` (safetensors): every tensor of the state dict (shared ones once); beside it
+    ``<stem>.graph.onnx`` for an ``OnnxModule`` in the model and ``<stem>.codecs.json`` for
+    a ``PackedModel``'s codecs. No architecture: the caller rebuilds it (model source plus
+    replay records) and hands it to ``load_model``. Returns ``path``."""
+    from safetensors.torch import save_model as save_tensors
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / STATE_FILE))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(model, str(path))
     graphs = [m for m in model.modules() if isinstance(m, OnnxModule)]
     if len(graphs) > 1:
         raise ValueError("a model with more than one ONNX graph cannot be saved")
     for graph in graphs:
-        (folder / GRAPH_FILE).write_bytes(graph.onnx_bytes)
-    return folder
+        _graph_file(path).write_bytes(graph.onnx_bytes)
+    packed = [m for m in model.modules() if isinstance(m, PackedModel)]
+    if len(packed) > 1:
+        raise ValueError("a model with more than one PackedModel cannot be saved")
+    for p in packed:
+        codecs = {name: asdict(codec) for name, codec in p.codecs.items()}
+        _codecs_file(path).write_text(json.dumps(codecs, indent=1, sort_keys=True))
+    return path
 
 
-def load_state(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Fill ``model`` (the rebuilt architecture) from ``save_state``'s files, strictly:
-    a key or shape that differs is an error. Returns the model in eval mode."""
-    from safetensors.torch import load_model
+def load_model(template: nn.Module, path: str | Path) -> nn.Module:
+    """Fill ``template`` (the rebuilt architecture) from ``save_model``'s files, strictly:
+    a missing, extra or differently shaped tensor is an error. Returns it in eval mode."""
+    from safetensors.torch import load_model as load_tensors
 
-    folder = Path(folder)
-    graph = folder / GRAPH_FILE
+    path = Path(path)
+    graph, codecs = _graph_file(path), _codecs_file(path)
     if graph.exists():
-        for m in model.modules():
+        for m in template.modules():
             if isinstance(m, OnnxModule):
                 m.onnx_bytes = graph.read_bytes()
                 m._session = None
-    missing, unexpected = load_model(model, str(folder / STATE_FILE), strict=True)
-    if missing or unexpected:  # strict raises first; kept for safetensors versions that don't
-        raise ValueError(f"state in {folder} does not fit: missing {missing}, extra {unexpected}")
-    return model.eval()
+    if codecs.exists():
+        saved = {k: TensorCodec(**v) for k, v in json.loads(codecs.read_text()).items()}
+        for m in template.modules():
+            if isinstance(m, PackedModel):
+                m.codecs = saved
+    try:
+        load_tensors(template, str(path), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"the state in {path} does not fit the rebuilt model: {err}") from None
+    return template.eval()
+
+
+def saved_files(path: str | Path) -> list[Path]:
+    """The files ``save_model`` wrote for ``path``."""
+    path = Path(path)
+    return [p for p in (path, _graph_file(path), _codecs_file(path)) if p.exists()]
+
+
+def _graph_file(path: Path) -> Path:
+    return path.with_name(path.stem + ".graph.onnx")
+
+
+def _codecs_file(path: Path) -> Path:
+    return path.with_name(path.stem + ".codecs.json")

@@ -10,21 +10,20 @@ shared values. ``PackedModel`` pairs that model with a ``TensorCodec`` per weigh
   into a codebook,
 - optionally Huffman-coded integer streams (indices, codes, gaps),
 - every other tensor (BatchNorm statistics, biases, scales) as raw bytes,
-- the architecture as a zlib-compressed pickle of the model with its weights stripped
-  (plain pickle: ~1.4 KB for resnet20, where torch.save's zip container takes ~9 KB), so
-  ``load_packed(path)`` needs nothing else. Its bytes are counted like all the rest.
+- no architecture: it is the model source plus the learners' JSON replay records, so
+  ``load_packed(path, template)`` fills a model rebuilt that way (a pickled architecture,
+  as format 1 could hold, is refused: unpickling runs code).
 
 The file is self-describing (a zlib-compressed JSON header). Loading decodes to exactly
 the tensors that were saved, so the reloaded model gives bit-identical outputs.
 
-Pickles run code when loaded: only load packed files you trust (as with ``torch.load``).
+Nothing in the file is unpickled: loading it runs no code.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import pickle
 import struct
 import zlib
 from collections.abc import Mapping
@@ -279,9 +278,7 @@ class PackStats:
     per_tensor: dict[str, int]
 
 
-def pack(
-    model: nn.Module, codecs: Mapping[str, TensorCodec], architecture: bool = True
-) -> tuple[bytes, PackStats]:
+def pack(model: nn.Module, codecs: Mapping[str, TensorCodec]) -> tuple[bytes, PackStats]:
     """Serialise ``model``'s state with ``codecs``; returns the file bytes and a breakdown."""
     state = model.state_dict()
     unknown = sorted(set(codecs) - set(state))
@@ -310,9 +307,7 @@ def pack(
         json.dumps({"format": FORMAT_VERSION, "tensors": entries}, separators=(",", ":")).encode(),
         9,
     )
-    arch = b""
-    if architecture:
-        arch = zlib.compress(pickle.dumps(_strip_weights(model), protocol=4), 9)
+    arch = b""  # the architecture section stays empty: no pickle in the file
     head = MAGIC + struct.pack("<BII", FORMAT_VERSION, len(header), len(arch))
     data = b"".join([head, header, arch, *payload])
     stats = PackStats(
@@ -406,21 +401,24 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, TensorCodec]]:
     return model, {}
 
 
-def loads_packed(data: bytes, template: nn.Module | None = None) -> PackedModel:
-    """Rebuild a PackedModel from bytes; ``template`` supplies the architecture if the file
-    was written without one (its weights are not used)."""
-    state, codecs = unpack_state(data)
+def loads_packed(data: bytes, template: nn.Module) -> PackedModel:
+    """Rebuild a PackedModel from bytes onto ``template``, the architecture (the model
+    source plus the learners' replay records; its weights are not used, nor mutated). A
+    file with a pickled architecture (written by an older compressflow) is refused."""
     _, arch, _ = _read(data)
     if arch:
-        model = pickle.loads(zlib.decompress(arch))  # trusted files only, as torch.load
-    elif template is not None:
-        model = _strip_weights(template)
-    else:
-        raise ValueError("the packed file has no architecture: pass a template model")
+        raise ValueError(
+            "this packed file holds a pickled architecture (an older compressflow wrote it); "
+            "it is not loaded, as unpickling runs code: re-export it with this version"
+        )
+    if isinstance(template, PackedModel):
+        template = template.model
+    state, codecs = unpack_state(data)
+    model = _strip_weights(template)
     model.load_state_dict(state, strict=True, assign=True)
     return PackedModel(model.eval(), codecs).eval()
 
 
-def load_packed(path: str | Path, template: nn.Module | None = None) -> PackedModel:
-    """Load a file written by ``PackedModel.save_packed`` (a trusted file: it holds a pickle)."""
+def load_packed(path: str | Path, template: nn.Module) -> PackedModel:
+    """Load a file written by ``PackedModel.save_packed`` onto ``template`` (no pickle)."""
     return loads_packed(Path(path).read_bytes(), template)

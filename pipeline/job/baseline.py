@@ -13,7 +13,7 @@ import torch
 from learners.finetune import recalibrate_batchnorm_, train_
 from learners.formats import export
 from pipeline import measure
-from pipeline.job.modelfile import source_model
+from pipeline.job.modelfile import save_baseline, source_model
 from pipeline.job.preflight import check_baseline_learnt
 from pipeline.job.settings import latency_settings, pretrain_settings, splits_for
 from pipeline.job.task import task_for
@@ -77,7 +77,7 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     check_baseline_learnt(spec, accuracy, task.chance, has_weights)
     example = splits.example_inputs()
     folder = out_dir / "baseline"
-    model_path = export.save_model(model, folder / "model.pt")
+    model_path = save_baseline(model, folder)  # safetensors; the source is the architecture
     onnx_path = export.export_onnx(model, example, folder / "model.onnx")
     deployable = export.save_deployable(model, example, folder / "model")
     return Baseline(

@@ -9,7 +9,6 @@ result with status "failed" and its error text: the search goes on.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from pathlib import Path
@@ -21,9 +20,8 @@ from hpo.space import split_namespace
 from learners.base import Context, Learner
 from learners.chain import check_order
 from learners.finetune import make_finetune, recalibrate_batchnorm_
-from learners.formats import export
 from pipeline import measure
-from pipeline.job.modelfile import load_teacher_file
+from pipeline.job.modelfile import load_baseline, load_teacher_file, save_candidate
 from pipeline.job.settings import (
     build_learners,
     distill_settings,
@@ -63,7 +61,7 @@ def evaluate(
         torch.manual_seed(spec.seed + round_index)
         splits = splits_for(spec)
         train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
-        baseline = export.load_model(storage.fetch(baseline_uri, Path(workdir) / "cache"))
+        baseline = load_baseline(spec, storage.fetch(baseline_uri, Path(workdir) / "cache"))
         teacher = load_teacher(spec, baseline, Path(workdir) / "cache")
         task = task_for(spec, splits.num_classes)
         finetune = make_finetune(
@@ -108,8 +106,8 @@ def evaluate(
                     timing.baseline_ms,
                 )
                 result.speedup = timing.speedup
-        result.model_path = str(export.save_model(model, out / "model.pt"))
-        (out / "records.json").write_text(json.dumps(result.records, indent=1, default=str))
+        # No pickle: the state (safetensors) and the chain's replay records (JSON).
+        result.model_path = str(save_candidate(model, result.records, out))
     except Exception as err:
         result.status = "failed"
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"

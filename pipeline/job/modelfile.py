@@ -6,29 +6,32 @@
 - The baseline is its model source (+ options, weights, output selection) and a
   safetensors state: ``save_baseline`` / ``load_baseline``.
 - A candidate is the baseline, its learner chain's JSON replay records and a safetensors
-  state (+ the int8 graph as ONNX): ``save_candidate`` / ``load_candidate``.
+  state (+ an int8 graph as ONNX, a packed model's codecs as JSON):
+  ``save_candidate`` / ``load_candidate``.
 
 Paths travel between tasks (a Dask worker gets folder paths, never objects).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from learners.base import Context
-from learners.formats.modelfile import load_model_file, load_state, save_state
+from learners.formats.modelfile import load_model, load_model_file, save_model, saved_files
 from learners.formats.onnx_module import OnnxModule
 from pipeline.job.settings import build_learners, splits_for
 from pipeline.records import storage
 from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, parse
 
 RECORDS_FILE = "records.json"
+MODEL_FILE = "model.safetensors"
 ONNX_SOURCE_LEARNERS = ("int8",)
 
 
@@ -78,29 +81,43 @@ def source_model(spec: JobSpec, num_classes: int, in_channels: int) -> tuple[nn.
     )
 
 
-def save_baseline(model: nn.Module, folder: Path) -> Path:
-    """The baseline's state (safetensors); its architecture is the spec's model source."""
-    return save_state(model, Path(folder) / "model")
+def save_baseline(model: nn.Module, folder: str | Path) -> Path:
+    """``folder``/model.safetensors: the baseline's state; its architecture is the spec's
+    model source (rebuilt by ``load_baseline``)."""
+    return save_model(model, Path(folder) / MODEL_FILE)
 
 
-def load_baseline(spec: JobSpec, folder: str | Path) -> nn.Module:
-    """Rebuild the baseline from the spec's source and load its saved state."""
+def load_baseline(spec: JobSpec, path: str | Path) -> nn.Module:
+    """Rebuild the baseline from the spec's source (and output selection), then load the
+    state ``save_baseline`` wrote at ``path``."""
     splits = splits_for(spec)
     model, _ = source_model(spec, splits.num_classes, splits.input_shape[0])
     model = with_logits_output(model, splits.example_inputs(), spec.model.output)
-    return load_state(model, storage.fetch(str(folder)) if storage.is_s3(str(folder)) else folder)
+    return load_model(model, path)
 
 
-def save_candidate(model: nn.Module, records: dict[str, Any], folder: Path) -> Path:
-    """A candidate: its chain's replay records (JSON) and its state (safetensors)."""
+def save_candidate(model: nn.Module, records: dict[str, Any], folder: str | Path) -> Path:
+    """``folder``/model.safetensors (+ its graph or codecs file) and records.json: the
+    chain's replay records. Returns the safetensors path."""
     folder = Path(folder)
-    save_state(model, folder)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / RECORDS_FILE).write_text(json.dumps(records, indent=1, default=str))
-    return folder
+    return save_model(model, folder / MODEL_FILE)
+
+
+def copy_candidate(path: str | Path, folder: str | Path) -> Path:
+    """Copy a saved candidate (state, records, graph/codecs) into ``folder``."""
+    path, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in [*saved_files(path), path.with_name(RECORDS_FILE)]:
+        if f.exists():
+            shutil.copy(f, folder / f.name)
+    return folder / path.name
 
 
 def replay(spec: JobSpec, baseline: nn.Module, records: dict[str, Any], seed: int) -> nn.Module:
-    """The candidate's architecture: each learner's ``replay`` of its record, in order."""
+    """The candidate's architecture: each learner's ``replay`` of its record, in order,
+    with a Context on the job's data (calibrating learners read its training batches)."""
     splits = splits_for(spec)
     train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
     ctx = Context(
@@ -112,34 +129,52 @@ def replay(spec: JobSpec, baseline: nn.Module, records: dict[str, Any], seed: in
     )
     model = baseline
     for learner in build_learners(spec):
-        if learner.name not in records:
-            raise ValueError(f"the candidate's records have no entry for learner {learner.name}")
-        model = learner.replay(model, records[learner.name], ctx)
+        replay_one = getattr(learner, "replay", None)
+        if replay_one is None:
+            # A learner without replay is taken to keep the architecture (weights only);
+            # the strict state load says so if it did not.
+            model = copy.deepcopy(model)
+            continue
+        model = replay_one(model, records.get(learner.name, {}), ctx)
     return model
 
 
 def load_candidate(
-    spec: JobSpec, baseline: nn.Module, folder: str | Path, seed: int = 0
+    spec: JobSpec, path: str | Path, baseline: nn.Module | None = None, seed: int = 0
 ) -> nn.Module:
-    """Rebuild a candidate written by ``save_candidate`` onto ``baseline`` (not mutated)."""
-    folder = Path(folder)
-    records = json.loads((folder / RECORDS_FILE).read_text())
-    with torch.no_grad():
-        model = replay(spec, baseline, records, seed)
-    return load_state(model, folder)
+    """Rebuild a candidate written by ``save_candidate`` (``path``: its safetensors file)
+    from the baseline (``baseline``, or rebuilt from the job's own baseline folder) and
+    the records beside it; ``baseline`` is not mutated."""
+    path = Path(path)
+    records = json.loads(path.with_name(RECORDS_FILE).read_text())
+    if baseline is None:
+        baseline = load_baseline(spec, baseline_file(path))
+    # Not under no_grad: channel pruning's dependency graph traces with autograd.
+    return load_model(replay(spec, baseline, records, seed), path)
+
+
+def baseline_file(candidate: Path) -> Path:
+    """The baseline's state in the job run folder that holds a candidate's folder."""
+    return _find_up(candidate, Path("baseline") / MODEL_FILE)
+
+
+def load_saved(path: str | Path, spec: JobSpec | None = None) -> nn.Module:
+    """A model the job saved (its baseline's or a candidate's ``model.safetensors``), with
+    the job's spec read from the run folder's ``job.json`` unless given."""
+    path = Path(path)
+    if spec is None:
+        spec = parse(json.loads(_find_up(path, Path("job.json")).read_text()))
+    if path.with_name(RECORDS_FILE).exists():
+        return load_candidate(spec, path)
+    return load_baseline(spec, path)
+
+
+def _find_up(start: Path, name: Path) -> Path:
+    for folder in Path(start).resolve().parents:
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(f"no {name} in any folder above {start}")
 
 
 def _no_training(*args: Any, **kwargs: Any) -> dict[str, list[float]]:
     raise RuntimeError("replaying a candidate trains nothing")
-
-
-__all__ = [
-    "check_source_learners",
-    "check_teacher",
-    "load_baseline",
-    "load_candidate",
-    "load_teacher_file",
-    "save_baseline",
-    "save_candidate",
-    "source_model",
-]

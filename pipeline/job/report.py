@@ -17,11 +17,18 @@ from learners.formats import export
 from pipeline import measure
 from pipeline.job import plots
 from pipeline.job.baseline import Baseline
+from pipeline.job.modelfile import copy_candidate, load_baseline, load_candidate
 from pipeline.job.search import SearchState
 from pipeline.job.settings import build_learners, latency_settings, splits_for
 from pipeline.job.task import task_for
 from pipeline.records.results import CandidateResult
-from pipeline.records.tracking import Tracker, achieved_key, candidate_metrics, run_link
+from pipeline.records.tracking import (
+    Tracker,
+    achieved_key,
+    candidate_metrics,
+    log_model_without_pickle,
+    run_link,
+)
 from pipeline.spec import JobSpec
 
 
@@ -52,7 +59,7 @@ def finalize(
     splits = splits_for(spec)
     _, _, test_loader = splits.loaders(spec.finetune.batch_size, spec.seed)
     example = splits.example_inputs()
-    base_model = export.load_model(baseline.model_path)
+    base_model = load_baseline(spec, baseline.model_path)
     task = task_for(spec, splits.num_classes)  # the job's metric (accuracy, or the user's)
     base_test = task.measure(base_model, test_loader)
     best = state.best()
@@ -364,9 +371,8 @@ def warnings_for(
 def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, example, out_dir):
     folder = out_dir / "best"
     folder.mkdir(parents=True, exist_ok=True)
-    model = export.load_model(best.model_path)
-    model_path = shutil.copy(best.model_path, folder / "model.pt")
-    best.model_path = str(model_path)
+    model = load_candidate(spec, best.model_path, load_baseline(spec, baseline.model_path))
+    best.model_path = str(copy_candidate(best.model_path, folder))
     onnx_path = export.export_onnx(model, example, folder / "model.onnx")
     deployable = None
     if best.deployable_path and not best.deployable_path.endswith(".onnx"):
@@ -425,8 +431,6 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
     if not spec.tracking.register_model:
         return
     import mlflow
-    import mlflow.pytorch
-    import torch
 
     mlflow.set_tracking_uri(tracker.uri)
     # The logged model belongs to the job's experiment (else MLflow files it under the
@@ -436,16 +440,9 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
     try:
         # Logged to the winning child run (without reopening it), so the registered
         # version's source run is the round that produced it.
-        info = mlflow.pytorch.log_model(
-            model,
-            name="best_model",
-            run_id=best_run_id or parent_run_id,
-            registered_model_name=name,
-            # pickle, not pt2: a pruned or wrapped module need not be torch.export-able.
-            serialization_format="pickle",
-            input_example=example.numpy(),
-            # Given explicitly: inferring them starts a subprocess that reloads the model.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "compressflow"],
+        # pt2 (a torch.export program) or ONNX: a registered model loads without pickle.
+        info = log_model_without_pickle(
+            model, summary["artifacts"]["best_onnx"], example, best_run_id or parent_run_id, name
         )
         summary["mlflow"].update(
             registered_model=name, version=info.registered_model_version, model_uri=info.model_uri

@@ -21,6 +21,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from learners.formats.onnx_module import OnnxModule
 from pipeline.records.filelock import locked
 from pipeline.records.redact import credentials_to_env, redact_data
 from pipeline.records.results import CandidateResult
@@ -469,3 +470,36 @@ def ui_command(uri: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def log_model_without_pickle(
+    model: Any, onnx_path: str | Path, example: Any, run_id: str, registered_name: str | None
+) -> Any:
+    """Log (and register) a model in a format that loads without unpickling: MLflow's
+    ``pt2`` serialization (a ``torch.export`` program) where the model exports, else the
+    ONNX flavour with the model's ONNX file (an int8 graph, a model torch.export cannot
+    trace). ``pipeline.sources.models.load_registered`` reads either back."""
+    import mlflow.onnx
+    import mlflow.pytorch
+    import onnx
+    import torch
+
+    common = {"name": "best_model", "run_id": run_id, "registered_model_name": registered_name}
+    if len(example) < 2:  # MLflow exports with Dim.AUTO: a batch of 1 would fix the batch size
+        example = example.repeat(2, *([1] * (example.dim() - 1)))
+    if not any(isinstance(m, OnnxModule) for m in model.modules()):
+        try:
+            torch.export.export(model.eval(), (example,))  # fails fast where it cannot
+            return mlflow.pytorch.log_model(
+                model,
+                serialization_format="pt2",
+                input_example=example.numpy(),
+                # Given explicitly: inferring them starts a subprocess that reloads the model.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "compressflow"],
+                **common,
+            )
+        except Exception:
+            pass  # not exportable: its ONNX file instead
+    return mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), pip_requirements=["onnxruntime", "compressflow"], **common
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learners.formats.modelfile import load_model_file
+from learners.formats.modelfile import UntrustedModelError, load_model_file, refusal
 from pipeline.records import storage
 from pipeline.sources import zoo
 
@@ -75,7 +75,7 @@ def build_model(
     ``torch.export`` program or ONNX; a pickled module only with ``trust_pickled``."""
     options = options or {}
     if source.startswith("models:/"):
-        return load_registered(source), True
+        return load_registered(source, trust_pickled=trust_pickled), True
     if source in zoo.names():
         try:
             model = zoo.build(source, num_classes=num_classes, in_channels=in_channels, **options)
@@ -110,13 +110,16 @@ def build_model(
     return model, False
 
 
-def load_registered(uri: str, tracking_uri: str | None = None) -> nn.Module:
-    """The PyTorch model behind a ``models:/<name>/<version|alias|latest>`` URI (one logged
-    with ``mlflow.pytorch``), e.g. the latest version re-compressed every night. The
-    registry is the MLflow server named by ``MLFLOW_TRACKING_URI``: a model source is
-    resolved before the job's own tracking store is opened, and may live in another one."""
+def load_registered(
+    uri: str, tracking_uri: str | None = None, trust_pickled: bool = False
+) -> nn.Module:
+    """The model behind a ``models:/<name>/<version|alias|latest>`` URI, e.g. the latest
+    version re-compressed every night: a ``torch.export`` program (MLflow's ``pt2``
+    serialization, as compressflow registers its winners) or an ONNX model load without
+    pickle; a pickled ``mlflow.pytorch`` model only with ``trust_pickled``. The registry
+    is the MLflow server named by ``MLFLOW_TRACKING_URI``: a model source is resolved
+    before the job's own tracking store is opened, and may live in another one."""
     import mlflow.artifacts
-    import mlflow.pytorch
 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -125,10 +128,25 @@ def load_registered(uri: str, tracking_uri: str | None = None) -> nn.Module:
         )
     with tempfile.TemporaryDirectory(prefix="compressflow-registry-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri,
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                    registry_uri=tracking_uri,
+                )
             )
-            model = mlflow.pytorch.load_model(local, map_location="cpu")
+            files = sorted(local.rglob("*.pt2")) + sorted(local.rglob("*.onnx"))
+            if files:
+                model = load_model_file(files[0], trust_pickled)
+            elif not trust_pickled:
+                raise UntrustedModelError(refusal(uri, "a pickled mlflow.pytorch model"))
+            else:
+                import mlflow.pytorch
+
+                model = mlflow.pytorch.load_model(str(local), map_location="cpu")
+        except UntrustedModelError as err:
+            raise ModelSourceError(str(err)) from None
         except Exception as err:
             raise ModelSourceError(
                 f"model {uri} cannot be loaded from the registry at {tracking_uri}: {err}"
