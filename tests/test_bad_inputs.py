@@ -276,17 +276,26 @@ def test_the_catalogue_is_large_and_distinct():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_cleanly(case: Case, outcomes: dict[str, Outcome]):
-    got = outcomes[case.id]
+def problems(case: Case, got: Outcome) -> list[str]:
+    """What is wrong with how the CLI answered ``case`` (empty: it failed cleanly)."""
     both = got.stdout + got.stderr
     tail = "\n".join(both.strip().splitlines()[-6:])
-    assert got.code == case.code, f"exit {got.code}, wanted {case.code}:\n{tail}"
-    assert case.fragment.lower() in both.lower(), f"{case.fragment!r} not in:\n{tail}"
-    assert "Traceback" not in got.stderr, got.stderr[-3000:]
-    if case.code == 2:  # one line, on stderr, names the problem
-        errors = [line for line in got.stderr.splitlines() if "compressflow: error:" in line]
-        assert len(errors) == 1, got.stderr[-2000:]
+    found = []
+    if got.code != case.code:
+        found.append(f"exit {got.code}, wanted {case.code}:\n{tail}")
+    if case.fragment.lower() not in both.lower():
+        found.append(f"{case.fragment!r} not in:\n{tail}")
+    if "Traceback" in got.stderr:
+        found.append("a traceback on stderr:\n" + got.stderr[-3000:])
+    errors = [line for line in got.stderr.splitlines() if "compressflow: error:" in line]
+    if case.code == 2 and len(errors) != 1:  # one line, on stderr, names the problem
+        found.append(f"{len(errors)} error lines on stderr:\n{got.stderr[-2000:]}")
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_cleanly(case: Case, outcomes: dict[str, Outcome]):
+    assert not problems(case, outcomes[case.id]), "\n".join(problems(case, outcomes[case.id]))
 
 
 def test_the_next_job_on_the_same_store_and_output_still_works(root, outcomes):
@@ -311,6 +320,50 @@ def test_the_next_job_on_the_same_store_and_output_still_works(root, outcomes):
 
 
 def test_a_negative_control_is_caught():
-    """The assertions above can fail: a good job's flags are not an input error."""
-    good = Outcome(0, "job x: channel on ...", "")
-    assert good.code != 2 and "compressflow: error:" not in good.stderr
+    """The checks can fail: a traceback with exit 1, or a clean exit 2 about another
+    problem, is not what a case asks for."""
+    case = next(c for c in CASES if c.id == "factory-raises")
+    crash = Outcome(1, "", "Traceback (most recent call last):\nRuntimeError: exploded on purpose")
+    assert len(problems(case, crash)) == 3  # exit code, traceback, no error line
+    other = Outcome(2, "", "compressflow: error: output x is a file, not a folder\n")
+    assert problems(case, other) and not problems(
+        case, Outcome(2, "", "compressflow: error: model factory raised: exploded on purpose\n")
+    )
+
+
+# --- the calibration's verdict, in process (the CLI case above runs it end to end) ----
+
+
+def _calibration(tmp_path, monkeypatch, target: float, reached: float):
+    from learners.base import ModelInfo
+    from learners.channel import ChannelPruning
+    from pipeline.job import calibrate
+    from pipeline.spec import parse
+    from tests.helpers import example_inputs, tiny_cnn
+
+    monkeypatch.setattr(calibrate, "achieved", lambda *a, **k: reached)
+    spec = parse({"target": {"speedup": target}})
+    info = ModelInfo(tiny_cnn(width=16), example_inputs())
+    return calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+
+
+def test_a_target_beyond_the_largest_ratio_and_the_noise_is_unreachable(tmp_path, monkeypatch):
+    found = _calibration(tmp_path, monkeypatch, target=12.0, reached=10.0)  # 10 x 1.1 < 12
+    assert found.unreachable and found.start is None
+    assert "target unreachable" in found.outcome and "--force-search" in found.outcome
+
+
+def test_a_target_within_timing_noise_is_still_searched(tmp_path, monkeypatch):
+    found = _calibration(tmp_path, monkeypatch, target=10.5, reached=10.0)  # 10 x 1.1 >= 10.5
+    assert not found.unreachable
+    assert "falls short" in found.outcome
+
+
+def test_force_search_flag_reaches_the_spec():
+    from pipeline.cli.main import build_parser
+    from pipeline.cli.run import spec_from_args
+
+    args = build_parser().parse_args(["run", "--target-speedup", "2", "--force-search"])
+    assert spec_from_args(args).force_search is True
+    args = build_parser().parse_args(["run", "--target-speedup", "2"])
+    assert spec_from_args(args).force_search is False
