@@ -127,13 +127,12 @@ def command(job: Job, job_file: Path, summary: Path) -> list[str]:
 
 def baseline_weights(work: Path, job: str) -> Path:
     """The trained baseline of ``job`` as a state dict (what ``model.weights`` takes)."""
-    import torch
+    import shutil
 
-    target = work / "weights" / f"{job}.pt"
-    if not target.exists():
-        model = torch.load(work / "out" / job / "baseline" / "model.pt", weights_only=False)
+    target = work / "weights" / f"{job}.safetensors"
+    if not target.exists():  # the baseline's state is already a safetensors state dict
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), target)
+        shutil.copy(work / "out" / job / "baseline" / "model.safetensors", target)
     return target
 
 

@@ -19,8 +19,8 @@ import torch
 
 from learners.channel import ChannelPruning, prunable_units
 from learners.finetune import TrainSettings, accuracy, train_
-from learners.formats import export
 from pipeline import measure, spec
+from pipeline.job.modelfile import load_saved
 from pipeline.job.settings import splits_for
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     splits = splits_for(job)
     train, val, test = splits.loaders(job.finetune.batch_size, job.seed)
     example = splits.example_inputs()
-    baseline = export.load_model(job_dir / "baseline" / "model.pt")
+    baseline = load_saved(job_dir / "baseline" / "model.safetensors", job)
     settings = measure.LatencySettings(
         job.target.runtime, job.measure.batch_size, job.measure.threads, 3, job.measure.repeats
     )

@@ -42,6 +42,7 @@ def nightly_params(stack) -> str:
     spec = {
         "name": RESULT,
         "model": f"models:/{SOURCE}/latest",
+        "trust_pickled_models": True,  # registered above with the pickle flavour
         "data": {"source": "digits", "image_size": 8, "limit": 400},
         "target": {"compression": 2.0},
         "budget": {"rounds": 1},

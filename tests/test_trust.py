@@ -289,3 +289,58 @@ def test_a_candidate_rebuilds_from_records_and_safetensors(tmp_path, chain):
     x = splits.example_inputs()
     assert torch.equal(again(x), model(x))
     assert not list(tmp_path.rglob("*.pt"))  # nothing pickled written
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_registered_winner_is_no_pickle_and_rebuilds_as_a_prunable_source(tmp_path, monkeypatch):
+    """The real job registers its winner (pt2 or ONNX + the rebuild recipe); a later job's
+    ``models:/`` source rebuilds it as a module learners can edit, outputs unchanged."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.cli.main import main
+    from pipeline.job.modelfile import load_saved, source_model
+    from pipeline.spec import parse
+    from tests.helpers import TINY_JOB
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = main(
+        [
+            "run", *TINY_JOB, "--tracking-uri", uri, "--output", str(tmp_path / "out"),
+            "--summary-json", str(tmp_path / "summary.json"),
+            "--target-compression", "2", "--rounds", "2",
+        ]
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code in (0, 3) and summary["mlflow"].get("version"), summary["mlflow"]
+    out = tmp_path / "out"
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+    client = MlflowClient(uri)
+    version = client.get_model_version(summary["mlflow"]["registered_model"], "1")
+    files = [f.path for f in client.list_artifacts(version.run_id, "best_model")]
+    assert not any(f.endswith((".pth", ".pkl")) for f in files), files
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    source = f"models:/{summary['mlflow']['registered_model']}/1"
+    spec = parse({"model": source, "data": "digits", "target": {"compression": 2}})
+    rebuilt, trained = source_model(spec, 10, 1)
+    assert trained and any(isinstance(m, torch.nn.Conv2d) for m in rebuilt.modules())
+    best = load_saved(summary["artifacts"]["best_model"])
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(rebuilt(x), best(x))
+    direct, _ = build_model(source, 10, 1)  # without the recipe: the pt2/ONNX model
+    assert torch.allclose(direct(x), best(x), atol=1e-4)
+
+
+def test_graph_sources_are_limited_to_int8_at_preflight(tmp_path):
+    from pipeline.job.modelfile import check_source_learners
+    from pipeline.spec import parse
+
+    _, path = _export(tmp_path)
+    graph, _ = build_model(str(path), 10, 1)
+    job = {"model": str(path), "data": "digits", "target": {"compression": 2}}
+    with pytest.raises(
+        ModelSourceError, match="learners channel cannot edit it: use learners int8"
+    ):
+        check_source_learners(parse({**job, "learners": ["channel"]}), graph)
+    int8 = {**job, "learners": ["int8"], "target": {"speedup": 1.5, "runtime": "onnxruntime-cpu"}}
+    check_source_learners(parse(int8), graph)  # allowed
+    check_source_learners(parse({**job, "learners": ["channel"]}), TinyNet())  # a module: any

@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from learners.base import Context
-from learners.formats.modelfile import load_model, load_model_file, save_model, saved_files
+from learners.formats.modelfile import (
+    ExportedModule,
+    load_model,
+    load_model_file,
+    save_model,
+    saved_files,
+)
 from learners.formats.onnx_module import OnnxModule
 from pipeline.job.settings import build_learners, splits_for
 from pipeline.records import storage
@@ -32,7 +41,7 @@ from pipeline.spec import JobSpec, parse
 
 RECORDS_FILE = "records.json"
 MODEL_FILE = "model.safetensors"
-ONNX_SOURCE_LEARNERS = ("int8",)
+GRAPH_SOURCE_LEARNERS = ("int8",)  # what an ONNX or torch.export source can go through
 
 
 def load_teacher_file(spec: JobSpec, cache: Path | None = None) -> nn.Module:
@@ -54,28 +63,39 @@ def check_teacher(spec: JobSpec) -> None:
 
 
 def check_source_learners(spec: JobSpec, model: nn.Module) -> None:
-    """An ONNX model source has no float weights: it can be timed and int8-quantised, not
-    pruned, factorised, sparsified or fine-tuned."""
-    if not any(isinstance(m, OnnxModule) for m in model.modules()):
+    """An ONNX graph has no float weights and a torch.export program no layer modules:
+    either can be timed and int8-quantised, not pruned, factorised, sparsified or
+    fine-tuned (those learners would find nothing to edit, or fail mid-search)."""
+    if any(isinstance(m, OnnxModule) for m in model.modules()):
+        kind = "an ONNX graph (no float weights)"
+    elif any(isinstance(m, ExportedModule) for m in model.modules()):
+        kind = "a torch.export program (no layer modules)"
+    else:
         return
-    other = [n for n in spec.learners if n not in ONNX_SOURCE_LEARNERS]
+    other = [n for n in spec.learners if n not in GRAPH_SOURCE_LEARNERS]
     if other:
         raise ModelSourceError(
-            f"model {spec.model.source} is an ONNX graph (no float weights), so learners "
-            f"{', '.join(other)} cannot edit it: use learners {','.join(ONNX_SOURCE_LEARNERS)} "
-            "(runtime onnxruntime-cpu), or hand over a torch.export program (.pt2) or "
-            "safetensors weights with a factory"
+            f"model {spec.model.source} is {kind}, so learners {', '.join(other)} cannot "
+            f"edit it: use learners {','.join(GRAPH_SOURCE_LEARNERS)}, or hand over "
+            "safetensors weights with a factory (model.weights)"
         )
     if spec.distillation.enabled:
         raise ModelSourceError(
-            f"model {spec.model.source} is an ONNX graph: it cannot be fine-tuned, so "
+            f"model {spec.model.source} is {kind}: it is not fine-tuned, so "
             "distillation.enabled must be false"
         )
 
 
 def source_model(spec: JobSpec, num_classes: int, in_channels: int) -> tuple[nn.Module, bool]:
-    """The spec's model source, built or loaded (with its weights), as the baseline starts."""
+    """The spec's model source, built or loaded (with its weights), as the baseline starts.
+    A ``models:/`` model that compressflow registered is rebuilt from its recipe (the
+    registering job's spec, safetensors and replay records: a module learners can edit);
+    any other is loaded as ``build_model`` does."""
     m = spec.model
+    if m.source.startswith("models:/"):
+        rebuilt = _registered_recipe(m.source)
+        if rebuilt is not None:
+            return rebuilt, True
     return build_model(
         m.source, num_classes, in_channels, m.options, m.weights, spec.trust_pickled_models
     )
@@ -149,8 +169,11 @@ def load_candidate(
     records = json.loads(path.with_name(RECORDS_FILE).read_text())
     if baseline is None:
         baseline = load_baseline(spec, baseline_file(path))
-    # Not under no_grad: channel pruning's dependency graph traces with autograd.
-    return load_model(replay(spec, baseline, records, seed), path)
+    # With grad, even for a caller under no_grad: channel pruning's dependency graph
+    # traces with autograd.
+    with torch.enable_grad():
+        model = replay(spec, baseline, records, seed)
+    return load_model(model, path)
 
 
 def baseline_file(candidate: Path) -> Path:
@@ -174,6 +197,52 @@ def _find_up(start: Path, name: Path) -> Path:
         if (folder / name).exists():
             return folder / name
     raise FileNotFoundError(f"no {name} in any folder above {start}")
+
+
+def recipe_files(best_model: str | Path) -> list[str]:
+    """What rebuilds a saved candidate elsewhere, with distinct names: the job's spec
+    (job.json), its baseline (baseline.safetensors), the candidate's files and records."""
+    path = Path(best_model)
+    folder = Path(tempfile.mkdtemp(prefix="compressflow-recipe-"))
+    shutil.copy(_find_up(path, Path("job.json")), folder / "job.json")
+    shutil.copy(baseline_file(path), folder / "baseline.safetensors")
+    for f in [*saved_files(path), path.with_name(RECORDS_FILE)]:
+        shutil.copy(f, folder / f.name)
+    return sorted(str(f) for f in folder.iterdir())
+
+
+def _registered_recipe(uri: str) -> nn.Module | None:
+    """The candidate a compressflow job registered at ``uri``, rebuilt from its recipe
+    (None if the registered model has none: then it loads as a .pt2 or ONNX model)."""
+    import mlflow.artifacts
+
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        return None  # build_model says what to set
+    with tempfile.TemporaryDirectory(prefix="compressflow-registry-") as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri,
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                    registry_uri=tracking_uri,
+                )
+            )
+        except Exception:
+            return None  # build_model reports it
+        extra = local / "extra_files"
+        if not (extra / "job.json").exists():
+            return None
+        try:
+            spec = parse(json.loads((extra / "job.json").read_text()))
+            baseline = load_baseline(spec, extra / "baseline.safetensors")
+            return load_candidate(spec, extra / MODEL_FILE, baseline)
+        except Exception as err:
+            raise ModelSourceError(
+                f"model {uri}: its compressflow recipe cannot be rebuilt ({err}); the "
+                "registering job's model source and data must be reachable here"
+            ) from None
 
 
 def _no_training(*args: Any, **kwargs: Any) -> dict[str, list[float]]:

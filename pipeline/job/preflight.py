@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
-from pipeline.job.modelfile import check_source_learners, check_teacher
+from pipeline.job.modelfile import check_source_learners, check_teacher, source_model
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
 from pipeline.job.task import TaskError, resolve
@@ -29,7 +29,7 @@ from pipeline.measure import timing_batch
 from pipeline.records import storage
 from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
-from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
+from pipeline.sources.models import ModelSourceError, with_logits_output
 from pipeline.spec import GPU_RUNTIMES, JobSpec
 
 TRACKING_TIMEOUT_S = 5.0
@@ -162,14 +162,7 @@ def _labels(dataset) -> torch.Tensor:
 def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
     m = spec.model
     try:
-        model, has_weights = build_model(
-            m.source,
-            splits.num_classes,
-            splits.input_shape[0],
-            m.options,
-            m.weights,
-            spec.trust_pickled_models,
-        )
+        model, has_weights = source_model(spec, splits.num_classes, splits.input_shape[0])
         check_source_learners(spec, model)
         check_teacher(spec)
     except (ModelSourceError, storage.StorageError) as err:

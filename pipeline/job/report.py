@@ -17,7 +17,7 @@ from learners.formats import export
 from pipeline import measure
 from pipeline.job import plots
 from pipeline.job.baseline import Baseline
-from pipeline.job.modelfile import copy_candidate, load_baseline, load_candidate
+from pipeline.job.modelfile import copy_candidate, load_baseline, load_candidate, recipe_files
 from pipeline.job.search import SearchState
 from pipeline.job.settings import build_learners, latency_settings, splits_for
 from pipeline.job.task import task_for
@@ -441,8 +441,15 @@ def _log_best(spec, tracker: Tracker, parent_run_id: str, summary, model, exampl
         # Logged to the winning child run (without reopening it), so the registered
         # version's source run is the round that produced it.
         # pt2 (a torch.export program) or ONNX: a registered model loads without pickle.
+        # + the rebuild recipe, so a models:/ source rebuilds it as a prunable module.
+        recipe = recipe_files(summary["artifacts"]["best_model"])
         info = log_model_without_pickle(
-            model, summary["artifacts"]["best_onnx"], example, best_run_id or parent_run_id, name
+            model,
+            summary["artifacts"]["best_onnx"],
+            example,
+            best_run_id or parent_run_id,
+            name,
+            recipe,
         )
         summary["mlflow"].update(
             registered_model=name, version=info.registered_model_version, model_uri=info.model_uri

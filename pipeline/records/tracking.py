@@ -473,18 +473,29 @@ def _now_ms() -> int:
 
 
 def log_model_without_pickle(
-    model: Any, onnx_path: str | Path, example: Any, run_id: str, registered_name: str | None
+    model: Any,
+    onnx_path: str | Path,
+    example: Any,
+    run_id: str,
+    registered_name: str | None,
+    extra_files: list[str] | None = None,
 ) -> Any:
     """Log (and register) a model in a format that loads without unpickling: MLflow's
     ``pt2`` serialization (a ``torch.export`` program) where the model exports, else the
     ONNX flavour with the model's ONNX file (an int8 graph, a model torch.export cannot
-    trace). ``pipeline.sources.models.load_registered`` reads either back."""
+    trace). ``pipeline.sources.models.load_registered`` reads either back; ``extra_files``
+    (the job's rebuild recipe: spec, safetensors, replay records) go along."""
     import mlflow.onnx
     import mlflow.pytorch
     import onnx
     import torch
 
-    common = {"name": "best_model", "run_id": run_id, "registered_model_name": registered_name}
+    common = {
+        "name": "best_model",
+        "run_id": run_id,
+        "registered_model_name": registered_name,
+        "extra_files": extra_files or None,
+    }
     if len(example) < 2:  # MLflow exports with Dim.AUTO: a batch of 1 would fix the batch size
         example = example.repeat(2, *([1] * (example.dim() - 1)))
     if not any(isinstance(m, OnnxModule) for m in model.modules()):
