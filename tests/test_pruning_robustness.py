@@ -62,7 +62,8 @@ def test_groups_that_break_are_excluded_with_reasons_and_the_rest_prunes():
     reasons = {e["group"]: e["reason"] for e in found.excluded}
     shuffle = next(g for g, r in reasons.items() if "ZeroDivisionError" in r)
     assert "TransposeBackward0" in reasons[shuffle]  # the channel shuffle's groups
-    assert "differs from the original" in reasons["attend.0"]  # the radix softmax
+    # The radix softmax: wrong output, or (widths not a multiple of its radix) no output.
+    assert any(w in reasons["attend.0"] for w in ("differs from the original", "does not run"))
     kept = {g.root for g in found.groups}
     assert {"stem.0", "head.0"} <= kept and not kept & set(reasons)
     learner = ChannelPruning()
