@@ -41,8 +41,15 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
+def _as_fed(x: torch.Tensor) -> torch.Tensor:
+    """A batch as the fp32 graph takes it: floats as float32, token ids and other integer
+    inputs as they are (cast to float, onnxruntime refused them: int64 expected)."""
+    x = x.detach().cpu()
+    return x.float() if x.is_floating_point() else x
+
+
 class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over float32 batches."""
+    """onnxruntime's CalibrationDataReader protocol over input batches."""
 
     def __init__(self, input_name: str, batches: Iterable[torch.Tensor]) -> None:
         self.input_name = input_name
@@ -52,7 +59,7 @@ class _Batches:
         x = next(self._batches, None)
         if x is None:
             return None
-        return {self.input_name: x.detach().cpu().float().numpy()}
+        return {self.input_name: _as_fed(x).numpy()}
 
     def rewind(self) -> None:  # part of the protocol in newer onnxruntime; one pass suffices
         pass
@@ -62,7 +69,7 @@ def even_batches(batches: Iterable[torch.Tensor], size: int = 32) -> list[torch.
     """Calibration batches of one size (onnxruntime's calibrators stack per-batch results
     and fail on a short last batch); a remainder smaller than ``size`` is dropped unless
     it is all there is."""
-    data = torch.cat([b.detach().cpu().float() for b in batches])
+    data = torch.cat([_as_fed(b) for b in batches])
     if len(data) <= size:
         return [data]
     return list(data[: len(data) - len(data) % size].split(size))

@@ -129,3 +129,23 @@ def test_token_ids_are_timed_on_token_ids():
     floats = measure.timing_batch(torch.zeros(1, 1, 8, 8), 4)
     assert floats.dtype == torch.float32 and floats.shape == (4, 1, 8, 8)
     assert floats.std() > 0.5  # random values, as before, for float inputs
+
+
+def test_int8_calibrates_and_runs_on_token_ids():
+    """int8 on a text model: calibration batches and the int8 graph's input stay int64
+    token ids (both were cast to float, which onnxruntime refused: int64 expected), and
+    the int8 model agrees with the float one."""
+    from learners.formats.onnx_module import OnnxModule
+    from learners.int8 import quantize_int8
+    from pipeline.sources.models import with_logits_output
+    from tests.foreign_models import tiny_bert
+
+    train, val, _ = token_data(n=200)
+    ids = val.tensors[0]
+    model = with_logits_output(tiny_bert(), ids[:1], "auto")
+    data, _ = quantize_int8(model, ids[:1], [train.tensors[0][:64], train.tensors[0][64:128]])
+    int8 = OnnxModule(data)
+    with torch.no_grad():
+        want, got = model(ids), int8(ids)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert (got - want).abs().max() < 0.1 * want.abs().max() + 1e-3

@@ -14,7 +14,7 @@ from learners.formats.export import ort_session
 
 
 class OnnxModule(nn.Module):
-    """An ONNX graph as a module: forward runs onnxruntime on CPU (float32 in and out).
+    """An ONNX graph as a module: forward runs onnxruntime on CPU (float32 out).
 
     Only meaningful on runtime ``onnxruntime-cpu``: timing its forward under torch would
     measure onnxruntime anyway, plus copies.
@@ -35,7 +35,9 @@ class OnnxModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         session = self._get_session()
-        feed = {session.get_inputs()[0].name: x.detach().cpu().float().numpy()}
+        x = x.detach().cpu()
+        x = x.float() if x.is_floating_point() else x  # token ids stay int64
+        feed = {session.get_inputs()[0].name: x.numpy()}
         return torch.from_numpy(session.run(None, feed)[0])
 
     def export_onnx(self, path: str | Path) -> Path:
