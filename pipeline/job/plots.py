@@ -116,8 +116,8 @@ def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, floa
                 continue
             if unplaced:  # failed before they were measured: nowhere to put them
                 label += f" ({unplaced} without a measurement)"
-            xs = [p.achieved for p in shown]
-            ys = [p.accuracy for p in shown]
+            xs = [float(p.achieved or 0.0) for p in shown]  # drawable: both are measured
+            ys = [float(p.accuracy or 0.0) for p in shown]
             ax.scatter(
                 xs, ys, s=110, c=colour, marker=marker, label=label, zorder=3, edgecolors="white"
             )
@@ -131,17 +131,17 @@ def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, floa
         front = pareto(pts)
         if len(front) > 1:
             ax.step(
-                [p.achieved for p in front],
-                [p.accuracy for p in front],
+                [float(p.achieved or 0.0) for p in front],
+                [float(p.accuracy or 0.0) for p in front],
                 where="pre", color="#1f77b4", linewidth=1.8, alpha=0.7,
                 label="Pareto frontier", zorder=2,
             )  # fmt: skip
         best = next((p for p in pts if p.is_best and p.drawable), None)
         if best is not None:
             ax.scatter(
-                [best.achieved], [best.accuracy], s=520, marker="*", facecolors="none",
-                edgecolors="#d62728", linewidths=2.2, label=f"chosen: round {best.round}",
-                zorder=4,
+                [float(best.achieved or 0.0)], [float(best.accuracy or 0.0)], s=520,
+                marker="*", facecolors="none", edgecolors="#d62728", linewidths=2.2,
+                label=f"chosen: round {best.round}", zorder=4,
             )  # fmt: skip
         t = summary["target"]
         ax.axvline(

@@ -250,7 +250,7 @@ def first_input_channels(model: nn.Module) -> int | None:
 
 def first_input_rank(model: nn.Module) -> int | None:
     """Dimensions of one sample the first convolution takes (C x L, C x H x W, ...)."""
-    ranks = {nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
+    ranks: dict[type[nn.Module], int] = {nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
     for module in model.modules():
         if type(module) in ranks:
             return ranks[type(module)]

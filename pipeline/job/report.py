@@ -371,6 +371,7 @@ def warnings_for(
 def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, example, out_dir):
     folder = out_dir / "best"
     folder.mkdir(parents=True, exist_ok=True)
+    assert best.model_path is not None, "the best candidate is a completed one"
     model = load_candidate(spec, best.model_path, load_baseline(spec, baseline.model_path))
     best.model_path = str(copy_candidate(best.model_path, folder))
     onnx_path = export.export_onnx(model, example, folder / "model.onnx")

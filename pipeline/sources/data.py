@@ -56,7 +56,11 @@ class Splits:
         """
         g = torch.Generator().manual_seed(seed)
         n = self.workers_for(pin_memory) if workers is None else workers
-        extra = {"pin_memory": pin_memory, "num_workers": n, "persistent_workers": n > 0}
+        extra: dict[str, Any] = {
+            "pin_memory": pin_memory,
+            "num_workers": n,
+            "persistent_workers": n > 0,
+        }
         return (
             DataLoader(self.train, batch_size=batch_size, shuffle=True, generator=g, **extra),
             DataLoader(self.val, batch_size=256, **extra),
