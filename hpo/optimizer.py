@@ -35,8 +35,6 @@ class Optimizer:
         n_initial_points: int = 5,
         acq_func: str = "EI",
     ) -> None:
-        if not dimensions:
-            raise ValueError("the search space is empty: at least one dimension is needed")
         names = [d.name for d in dimensions]
         if len(set(names)) != len(names):
             raise ValueError(f"dimension names must be unique, got {names}")
@@ -46,12 +44,17 @@ class Optimizer:
         self.names = names
         self.history: list[tuple[dict[str, Any], float]] = []
         self._suggested: list[dict[str, Any]] = []
-        self._sk = SkOptimizer(
-            [_to_skopt(d) for d in self.dimensions],
-            base_estimator="GP",
-            acq_func=acq_func,
-            n_initial_points=max(1, n_initial_points),
-            random_state=seed,
+        # No dimensions (a learner with nothing to tune): the one point is the empty one.
+        self._sk = (
+            SkOptimizer(
+                [_to_skopt(d) for d in self.dimensions],
+                base_estimator="GP",
+                acq_func=acq_func,
+                n_initial_points=max(1, n_initial_points),
+                random_state=seed,
+            )
+            if self.dimensions
+            else None
         )
 
     def suggest(self, params: dict[str, Any]) -> None:
@@ -66,6 +69,8 @@ class Optimizer:
         """Propose ``n`` settings (a batch uses skopt's constant-liar strategy)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if self._sk is None:
+            return [{} for _ in range(n)]
         queued, self._suggested = self._suggested[:n], self._suggested[n:]
         rest = n - len(queued)
         if rest == 0:
@@ -79,7 +84,8 @@ class Optimizer:
         if not params:
             return
         points = [[p[name] for name in self.names] for p in params]
-        self._sk.tell(points, [float(v) for v in losses])
+        if self._sk is not None:
+            self._sk.tell(points, [float(v) for v in losses])
         self.history.extend((dict(p), float(v)) for p, v in zip(params, losses, strict=True))
 
     def best(self) -> tuple[dict[str, Any], float] | None:
@@ -94,6 +100,9 @@ class Optimizer:
     ) -> Optimizer:
         """Rebuild an optimiser from recorded (params, loss) rounds, e.g. to resume a job."""
         opt = cls(dimensions, **kwargs)
+        if opt._sk is None:
+            opt.tell([p for p, _ in history], [v for _, v in history])
+            return opt
         # Drawing the random initial points the original already drew moves skopt's random
         # stream past them, so a resumed job does not propose the same points again.
         for _ in range(min(len(history), opt._sk._n_initial_points)):

@@ -69,9 +69,15 @@ def test_rebuilt_early_does_not_repeat_initial_points():
     assert rebuilt.ask()[0] == original.ask()[0]
 
 
+def test_an_empty_space_proposes_the_one_empty_point():
+    opt = Optimizer([])  # a learner with nothing to tune (e.g. half without choices)
+    assert opt.ask(2) == [{}, {}]
+    opt.tell([{}], [0.3])
+    assert opt.best() == ({}, 0.3)
+    assert Optimizer.from_history([], opt.history).best() == ({}, 0.3)
+
+
 def test_bad_inputs_are_rejected():
-    with pytest.raises(ValueError, match="empty"):
-        Optimizer([])
     with pytest.raises(ValueError, match="unique"):
         Optimizer([Real("x", 0, 1), Real("x", 0, 2)])
     with pytest.raises(ValueError, match="losses"):

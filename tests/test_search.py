@@ -92,3 +92,15 @@ def test_speedup_target_must_hold_on_every_declared_runtime():
     state.add([both, one])
     assert state.feasible(both) and not state.feasible(one)
     assert state.best() is both and one.achieved("speedup") == 1.4
+
+
+def test_a_chain_with_nothing_to_tune_runs_one_candidate():
+    def evaluate(proposals, first):
+        assert proposals == [{}]
+        r = CandidateResult(round=first, params={}, learners=["fixed"])
+        r.accuracy, r.speedup, r.compression = 0.9, 2.5, 1.0
+        return [r.to_dict()]
+
+    state, reason = run_search(spec(rounds=8, batch=3), Optimizer([]), evaluate, lambda r, f: None)
+    assert len(state.results) == 1 and "nothing to tune" in reason
+    assert state.best_feasible() is state.results[0]

@@ -139,7 +139,10 @@ def run_search(
     state = state or SearchState(spec.target.kind, spec.target.value)
     started = time.monotonic()
     while (reason := should_stop(spec, state, started)) is None:
-        n = spec.budget.batch
+        if not optimizer.dimensions and state.results:
+            reason = "nothing to tune: the learners have no settings, one candidate is the answer"
+            break
+        n = spec.budget.batch if optimizer.dimensions else 1
         if spec.budget.rounds is not None:
             n = min(n, spec.budget.rounds - len(state.results))
         proposals = optimizer.ask(n)
