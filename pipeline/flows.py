@@ -148,12 +148,12 @@ def publish(
     return summary
 
 
-def describe(r: CandidateResult, feasible: bool) -> str:
+def describe(r: CandidateResult, state: SearchState) -> str:
     if r.status != "ok":
         first_line = (r.error or "").splitlines()[0] if r.error else ""
         return f"[round {r.round}] FAILED: {first_line}"
     speeds = "  ".join(f"{k} {v:.2f}x" for k, v in r.speedups.items())
-    mark = "meets target" if feasible else "short of target"
+    mark = state.verdict(r)
     return (
         f"[round {r.round}] val acc {r.accuracy:.4f}  speedup {speeds}  "
         f"compression {r.compression:.2f}x  ({mark})  {r.seconds:.0f} s"
@@ -306,7 +306,7 @@ def _search_and_report(
 
     def on_result(r: CandidateResult, feasible: bool) -> None:
         tracker.log_candidate(parent, r, feasible, kind)
-        _log(describe(r, feasible))
+        _log(describe(r, state))
         progress.update(state)
         rows = report.candidate_rows(state, {}, state.best())
         board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))

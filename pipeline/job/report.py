@@ -129,7 +129,7 @@ def finalize(
             log(f"warning: {line}")
         _log_best(spec, tracker, parent_run_id, summary, best_model, example, log)
     else:
-        log("no candidate completed: nothing to export (see the failed runs in MLflow)")
+        log(f"{nothing_chosen(state.counts)}: nothing to export (see the rounds in MLflow)")
     tracker.log_metrics(
         parent_run_id,
         {"target_met": float(feasible), **{f"rounds.{k}": v for k, v in state.counts.items()}},
@@ -252,7 +252,7 @@ def description(summary: dict[str, Any]) -> str:
             f"compression {w['compression'] or 0:.2f}x. "
         )
     else:
-        text += "No candidate completed. "
+        text += nothing_chosen(r).capitalize() + ". "
     text += (
         f"{r['total']} rounds ({r['feasible']} feasible, {r['failed']} failed); "
         f"stopped: {summary['stop_reason']}."
@@ -366,6 +366,15 @@ def warnings_for(
             "candidates' per_layer_settings.json and channel_survey.json)"
         )
     return out
+
+
+def nothing_chosen(counts: dict[str, int]) -> str:
+    """Why no candidate is reported: none completed, or every one that did is at chance
+    accuracy (a model at chance is never the answer, not even the closest one)."""
+    completed = counts["total"] - counts["failed"]
+    if completed == 0:
+        return "no candidate completed"
+    return f"no candidate is reported: all {completed} completed ones are at chance accuracy"
 
 
 def _report_best(spec, best: CandidateResult, baseline: Baseline, test_loader, example, out_dir):

@@ -54,6 +54,16 @@ class SearchState:
             return False
         return self.floor is None or r.accuracy >= self.floor - 1e-9
 
+    def verdict(self, r: CandidateResult) -> str:
+        """Why a completed candidate is or is not feasible, in words for the log."""
+        if self.feasible(r):
+            return "meets target"
+        if r.accuracy is not None and at_chance(r.accuracy, self.chance):
+            return "at chance accuracy"
+        if not self.within_floor(r):
+            return "below the accuracy floor"
+        return "short of target"
+
     def feasible(self, r: CandidateResult) -> bool:
         achieved = r.achieved(self.target_kind)
         return (
