@@ -66,6 +66,7 @@ def job_flags(
 
 
 def excluded_groups(summary: dict[str, Any]) -> int:
+    """Channel groups the winner left unpruned (its summary warning; 0 without one)."""
     for line in summary.get("warnings", []):
         if m := re.search(r"left (\d+) dependency group", line):
             return int(m.group(1))
@@ -88,7 +89,7 @@ def row(model: str, chain: str, code: int, seconds: float, workdir: Path) -> dic
         onnxruntime_cpu=timed.get("onnxruntime-cpu", {}).get("speedup"),
         compression=best.get("compression"),
         met=s["target_met"],
-        excluded=excluded_groups(s),
+        excluded=excluded_groups(s) if best else None,  # the winner's records say
         rounds=s["rounds"],
     )
     return out
@@ -117,7 +118,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {fmt(r['baseline'])} ({fmt(r['recomputed'])}) | {fmt(r['best'])} "
             f"| {fmt(r['torch_cpu'], '{:.2f}x')} | {fmt(r['onnxruntime_cpu'], '{:.2f}x')} "
             f"| {fmt(r['compression'], '{:.2f}x')} | {'met' if r['met'] else 'NOT met'} "
-            f"| {r['excluded']} | {r['seconds']:.0f} |"
+            f"| {fmt(r['excluded'], '{}')} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
