@@ -39,6 +39,7 @@ LR_BACKOFF = 0.3
 EXPLODE = 2.0
 REFERENCE_STEPS = 10
 STUCK_EPOCHS = 3
+STUCK_LOSS_FRACTION = 0.9  # ...unless its training loss fell by 10% or more since epoch 1
 
 
 AUTOCASTS = ("none", "bf16")
@@ -598,7 +599,8 @@ def _check_epoch(
     least 1 above, the mean of the first REFERENCE_STEPS steps), or when the validation
     metric of a classification task has stayed at chance for the first third of the
     epochs (at least STUCK_EPOCHS; only checked while epochs remain) even with its
-    BatchNorm statistics re-estimated."""
+    BatchNorm statistics re-estimated, and its training loss has not fallen below
+    STUCK_LOSS_FRACTION of the first epoch's."""
     reference = sum(first) / max(1, len(first))
     mean = curve["train_loss"][-1]
     if mean > max(EXPLODE * reference, reference + 1.0):
@@ -613,6 +615,9 @@ def _check_epoch(
         or epoch + 1 != checkpoint
         or settings.epochs <= checkpoint
         or not all(at_chance(v, task.chance) for v in curve["val_accuracy"])
+        # A training loss still falling is a model that learns late, not one that is stuck
+        # (a 1-layer BERT at chance for 11 epochs reached 1.0 by epoch 12 when left alone).
+        or curve["train_loss"][-1] < STUCK_LOSS_FRACTION * curve["train_loss"][0]
     ):
         return
     recalibrate_batchnorm_(model, train_loader, device=device)  # low-momentum BN lags
