@@ -196,14 +196,26 @@ class Int8(LearnerDefaults):
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         c = self.config
-        data, record = _quantize_quietly(
-            model,
-            ctx,
-            c,
-            calibration_method=str(params.get("calibration", c.calibrations[0])),
-            keep_first_last=bool(params.get("keep_first_last", False)),
-        )
-        ctx.records[self.name] = {"config": c.to_dict(), "params": dict(params), **record}
+        options: dict[str, Any] = {
+            "calibration_method": str(params.get("calibration", c.calibrations[0])),
+            "keep_first_last": bool(params.get("keep_first_last", False)),
+        }
+        fallback: dict[str, str] = {}
+        try:
+            data, record = _quantize_quietly(model, ctx, c, c.quant_format, **options)
+        except RuntimeError as err:
+            if c.quant_format != "qoperator":
+                raise
+            # onnxruntime's QOperator writer rejects some graphs (EfficientNet's Pad:
+            # "Invalid model with unknown initializers"); QDQ quantises the same graph.
+            fallback = {"fallback_from": "qoperator", "fallback_reason": str(err)[:300]}
+            data, record = _quantize_quietly(model, ctx, c, "qdq", **options)
+        ctx.records[self.name] = {
+            "config": c.to_dict(),
+            "params": dict(params),
+            **record,
+            **fallback,
+        }
         return OnnxModule(data, threads=c.threads).eval()
 
     def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
@@ -214,6 +226,7 @@ class Int8(LearnerDefaults):
             model,
             ctx,
             config,
+            record["format"],
             calibration_method=record["calibration"],
             keep_float=record["kept_float"],
         )
@@ -221,7 +234,7 @@ class Int8(LearnerDefaults):
 
 
 def _quantize_quietly(
-    model: nn.Module, ctx: Context, config: Int8Config, **options: Any
+    model: nn.Module, ctx: Context, config: Int8Config, quant_format: str, **options: Any
 ) -> tuple[bytes, dict[str, Any]]:
     inner, _ = unwrap(model)
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
@@ -229,7 +242,7 @@ def _quantize_quietly(
             copy.deepcopy(inner).eval(),
             ctx.example_inputs,
             calibration_batches(ctx, config.calibration_batches),
-            config.quant_format,
+            quant_format,
             **options,
         )
 

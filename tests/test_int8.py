@@ -5,6 +5,8 @@ from learners.base import ModelInfo
 from learners.finetune import accuracy
 from learners.formats.onnx_module import OnnxModule
 from learners.int8 import Int8, Int8Config, even_batches
+from pipeline.sources.models import with_logits_output
+from tests.foreign_models import hf_efficientnet
 from tests.helpers_learners import example_inputs, make_context, trained_tiny
 
 # Stated tolerance for post-training int8 on the tiny digits model (validation split).
@@ -79,3 +81,18 @@ def test_calibration_batches_are_made_even_for_onnxruntime():
     chunks = even_batches(ragged, 32)
     assert {len(c) for c in chunks} == {32} and len(chunks) == 5
     assert len(even_batches([torch.randn(20, 1, 8, 8)], 32)[0]) == 20
+
+
+def test_a_graph_qoperator_rejects_falls_back_to_qdq_and_replays():
+    # Hugging Face EfficientNet's padding makes onnxruntime's QOperator writer fail
+    # ("Invalid model with unknown initializers"); the same graph quantises as QDQ.
+    ctx = make_context()
+    model = with_logits_output(hf_efficientnet(), ctx.example_inputs, "auto")
+    learner = Int8()
+    out = learner.compress(model, {"calibration": "minmax"}, ctx)
+    record = ctx.records["int8"]
+    assert record["format"] == "qdq" and record["fallback_from"] == "qoperator"
+    assert "initializer" in record["fallback_reason"]
+    again = learner.replay(model, record, ctx)
+    x = ctx.example_inputs
+    assert torch.equal(again(x), out(x))
