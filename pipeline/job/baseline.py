@@ -47,7 +47,10 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     # A model returning a dict, tuple or output object is wrapped to return its logits.
     model = with_logits_output(model, splits.example_inputs(), m.output)
     task = task_for(spec, splits.num_classes)
-    train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
+    # Page-locked batches on a GPU: the training loop copies them non-blocking.
+    train_loader, val_loader, _ = splits.loaders(
+        spec.finetune.batch_size, spec.seed, pin_memory=device.startswith("cuda")
+    )
     curve: dict[str, list[float]] = {}
     if not has_weights and spec.finetune.pretrain_epochs > 0:
         log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")

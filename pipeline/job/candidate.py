@@ -60,7 +60,10 @@ def evaluate(
     try:
         torch.manual_seed(spec.seed + round_index)
         splits = splits_for(spec)
-        train_loader, val_loader, _ = splits.loaders(spec.finetune.batch_size, spec.seed)
+        # Page-locked batches on a GPU: the training loop copies them non-blocking.
+        train_loader, val_loader, _ = splits.loaders(
+            spec.finetune.batch_size, spec.seed, pin_memory=device.startswith("cuda")
+        )
         baseline = load_baseline(spec, storage.fetch(baseline_uri, Path(workdir) / "cache"))
         teacher = load_teacher(spec, baseline, Path(workdir) / "cache")
         task = task_for(spec, splits.num_classes)
