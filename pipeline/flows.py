@@ -2,7 +2,7 @@
 learners/ and hpo/, which unit tests call directly.
 
 The flow takes a typed ``JobSpec`` (validated once, where the job enters: the CLI, or
-Prefect's parameter validation when a deployment starts a run); its tasks receive that
+``compress`` itself when a deployment's run hands it a mapping); its tasks receive that
 object and, separately, the device they run on. Nothing downstream parses a spec.
 """
 
