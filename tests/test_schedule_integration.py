@@ -9,6 +9,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from learners.finetune import TrainSettings, train_
+from pipeline.sources.data import load_splits
 from tests import servers
 from tests.helpers import tiny_cnn
 
@@ -18,6 +20,16 @@ SOURCE = "tiny-registered"
 RESULT = "tiny-nightly"
 
 
+def trained_source_model():
+    """The nightly job re-compresses a trained model (an untrained one is refused as being
+    at chance): tiny_cnn trained briefly on the job's own data."""
+    model = tiny_cnn()
+    splits = load_splits("digits", image_size=8, limit=400)
+    train_loader, val_loader, _ = splits.loaders(64)
+    train_(model, train_loader, val_loader, TrainSettings(epochs=6, lr=0.1))
+    return model.eval()
+
+
 def register_source_model(uri: str) -> None:
     import mlflow
     import mlflow.pytorch
@@ -25,10 +37,13 @@ def register_source_model(uri: str) -> None:
 
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # By name on this server: an experiment id an earlier test made active in this process
+    # (fluent state) belongs to another store.
+    mlflow.set_experiment("source-models")
     try:
         with mlflow.start_run(run_name="source-model"):
             mlflow.pytorch.log_model(
-                tiny_cnn(),
+                trained_source_model(),
                 name="model",
                 registered_model_name=SOURCE,
                 serialization_format="pickle",

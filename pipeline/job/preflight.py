@@ -200,8 +200,9 @@ def check_baseline_learnt(
         return
     f = spec.finetune
     if has_weights:
+        given = spec.model.weights or spec.model.source
         fix = (
-            f"check that model.weights {spec.model.weights} belong to this model and data "
+            f"check that the trained weights of {given} belong to this model and data "
             "(same classes, same input preprocessing)"
         )
     else:
