@@ -50,15 +50,16 @@ class _Strict(BaseModel):
 
 
 class Target(_Strict):
-    speedup: float | None = Field(
+    speedup: float | list[float] | None = Field(
         default=None,
         description="measured speedup to reach: baseline latency / candidate latency on "
-        "`runtime` (a factor > 1); give this or `compression`",
+        "`runtime` (a factor > 1), or a list of them (e.g. [1.5, 2, 3, 4]: the most "
+        "accurate model at each, in one job); give this or `compression`",
     )
-    compression: float | None = Field(
+    compression: float | list[float] | None = Field(
         default=None,
         description="compression to reach: baseline deployable-file bytes / the candidate's "
-        "(a factor > 1); give this or `speedup`",
+        "(a factor > 1, or a list of them); give this or `speedup`",
     )
     runtime: str = Field(
         default="torch-cpu",
@@ -89,14 +90,20 @@ class Target(_Strict):
                 "give exactly one of target.speedup or target.compression "
                 f"(got {', '.join(given) or 'neither'})"
             )
-        value = getattr(self, given[0])
-        if not math.isfinite(value):
-            raise ValueError(
-                f"target.{given[0]} must be a finite number > 1, got {value}: no model is "
-                "infinitely faster or smaller"
-            )
-        if not value > 1.0:
-            raise ValueError(f"target.{given[0]} must be > 1 (a factor), got {value}")
+        given_value = getattr(self, given[0])
+        values = given_value if isinstance(given_value, list) else [given_value]
+        if not values:
+            raise ValueError(f"target.{given[0]} is an empty list: give at least one factor > 1")
+        if len(set(values)) != len(values):
+            raise ValueError(f"target.{given[0]} lists a factor twice: {values}")
+        for value in values:
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"target.{given[0]} must be a finite number > 1, got {value}: no model is "
+                    "infinitely faster or smaller"
+                )
+            if not value > 1.0:
+                raise ValueError(f"target.{given[0]} must be > 1 (a factor), got {value}")
         for runtime in (self.runtime, *self.also_on):
             if runtime not in RUNTIMES:
                 raise ValueError(f"target runtime {runtime!r} is unknown; allowed: {RUNTIMES}")
@@ -114,8 +121,20 @@ class Target(_Strict):
         return "speedup" if self.speedup is not None else "compression"
 
     @property
+    def values(self) -> list[float]:
+        """Every factor asked for, smallest first (one for a single target)."""
+        given = self.speedup if self.speedup is not None else self.compression
+        return sorted(float(v) for v in (given if isinstance(given, list) else [given]))  # type: ignore[union-attr]
+
+    @property
     def value(self) -> float:
-        return float(self.speedup if self.speedup is not None else self.compression)  # type: ignore[arg-type]
+        """The target (for a list: its smallest factor, the first one reached)."""
+        return self.values[0]
+
+    @property
+    def is_front(self) -> bool:
+        """Whether the job asks for several targets (a Pareto front) in one run."""
+        return isinstance(self.speedup if self.speedup is not None else self.compression, list)
 
 
 class Budget(_Strict):
@@ -125,6 +144,13 @@ class Budget(_Strict):
     )
     patience: int = Field(default=4, ge=1, description="rounds without gain once target is met")
     batch: int = Field(default=1, ge=1, description="candidates proposed and run together")
+    screen: int | None = Field(
+        default=None,
+        ge=0,
+        description="screenings: settings scored cheaply (no fine-tune: BatchNorm "
+        "re-estimated, validation subset, latency measured) to pick which get a full "
+        "evaluation; 0 = off (every proposal is fine-tuned); default: 15 per round",
+    )
     initial_points: int | None = Field(
         default=None,
         ge=1,
@@ -211,7 +237,50 @@ class Measure(_Strict):
     batch_size: int = Field(default=32, ge=1, description="batch size latency is timed at")
     threads: int = Field(default=1, ge=1, description="intra-op threads while timing")
     warmup: int = Field(default=3, ge=0, description="untimed runs before timing")
-    repeats: int = Field(default=15, ge=3, description="timed runs, interleaved; the median counts")
+    repeats: int = Field(
+        default=15, ge=3, description="timed pairs to start with (baseline and candidate, interleaved)"
+    )
+    max_repeats: int = Field(
+        default=60,
+        ge=0,
+        description="timed pairs at most: more are added while the speedup's 95% interval "
+        "is wider than `tolerance` (0 = exactly `repeats`)",
+    )
+    tolerance: float = Field(
+        default=0.03,
+        gt=0,
+        lt=1,
+        description="relative half-width of the speedup's 95% interval to stop timing at",
+    )
+
+
+    @model_validator(mode="after")
+    def _cap_above_start(self) -> Measure:
+        if self.max_repeats and self.max_repeats < self.repeats:
+            raise ValueError(
+                f"measure.max_repeats ({self.max_repeats}) is below measure.repeats "
+                f"({self.repeats}): the cap must be at least the start, or 0 for no extra pairs"
+            )
+        return self
+
+
+class Screening(_Strict):
+    bn_samples: int = Field(
+        default=256, ge=0, description="training samples BatchNorm is re-estimated on per screening"
+    )
+    val_samples: int = Field(
+        default=512, ge=1, description="validation samples (a fixed subset) a screening is scored on"
+    )
+    skip_below: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="a setting whose predicted speedup is below this share of the smallest "
+        "target is not built (the latency table's prediction; speedup targets only)",
+    )
+    repeats: int = Field(
+        default=6, ge=3, description="timed pairs per screening (pooled for identical shapes)"
+    )
 
 
 class Data(_Strict):
@@ -365,6 +434,9 @@ class JobSpec(_Strict):
     )
     distillation: Distillation = Field(
         default_factory=Distillation, description="knowledge distillation while fine-tuning"
+    )
+    screening: Screening = Field(
+        default_factory=Screening, description="how a setting is scored cheaply (see budget.screen)"
     )
     measure: Measure = Field(
         default_factory=Measure, description="how latency is timed (same for every candidate)"
