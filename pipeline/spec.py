@@ -238,7 +238,9 @@ class Measure(_Strict):
     threads: int = Field(default=1, ge=1, description="intra-op threads while timing")
     warmup: int = Field(default=3, ge=0, description="untimed runs before timing")
     repeats: int = Field(
-        default=15, ge=3, description="timed pairs to start with (baseline and candidate, interleaved)"
+        default=15,
+        ge=3,
+        description="timed pairs to start with (baseline and candidate, interleaved)",
     )
     max_repeats: int = Field(
         default=60,
@@ -252,7 +254,6 @@ class Measure(_Strict):
         lt=1,
         description="relative half-width of the speedup's 95% interval to stop timing at",
     )
-
 
     @model_validator(mode="after")
     def _cap_above_start(self) -> Measure:
@@ -269,7 +270,9 @@ class Screening(_Strict):
         default=256, ge=0, description="training samples BatchNorm is re-estimated on per screening"
     )
     val_samples: int = Field(
-        default=512, ge=1, description="validation samples (a fixed subset) a screening is scored on"
+        default=512,
+        ge=1,
+        description="validation samples (a fixed subset) a screening is scored on",
     )
     skip_below: float = Field(
         default=0.85,
