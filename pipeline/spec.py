@@ -124,7 +124,8 @@ class Target(_Strict):
     def values(self) -> list[float]:
         """Every factor asked for, smallest first (one for a single target)."""
         given = self.speedup if self.speedup is not None else self.compression
-        return sorted(float(v) for v in (given if isinstance(given, list) else [given]))  # type: ignore[union-attr]
+        factors = given if isinstance(given, list) else [given]
+        return sorted(float(v) for v in factors if v is not None)
 
     @property
     def value(self) -> float:
