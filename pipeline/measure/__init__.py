@@ -4,7 +4,9 @@
   torch's own FlopCounterMode, which counts a multiply-accumulate as 2 FLOPs
   (MACs = flops / 2). FLOPs are reported as FLOPs, never as speedup.
 - ``speedup``: median latency of the baseline / median latency of the candidate, both
-  measured on the same runtime, batch size and thread count, interleaved, after warm-up.
+  measured on the same runtime, batch size and thread count, interleaved, after warm-up,
+  with its 95% interval (``low``, ``high``; ``pipeline.measure.noise``). With
+  ``max_repeats`` set, pairs are added until the interval is within ``tolerance``.
 - ``bytes``: size of the deployable file on disk.
 
 Nothing here moves or changes the caller's model: runners time a copy (its own device,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +36,15 @@ from torch import nn
 
 from learners.finetune import accuracy  # noqa: F401  (re-exported: one accuracy definition)
 from learners.formats.export import export_onnx, ort_session
+from pipeline.measure.noise import (
+    MeasurementPool,
+    Pair,
+    point_speedup,
+    pool_key,
+    precise_enough,
+    relative_half_width,
+    speedup_interval,
+)
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
 GPU_RUNTIMES = ("cuda", "cuda-graph")
@@ -166,7 +178,11 @@ class LatencySettings:
     batch_size: int = 32
     threads: int = 1
     warmup: int = 3
-    repeats: int = 15
+    repeats: int = 15  # timed pairs to start with
+    # Pairs at most, added while the speedup's 95% interval is wider than ``tolerance``
+    # (its relative half-width); 0: exactly ``repeats`` pairs.
+    max_repeats: int = 0
+    tolerance: float = 0.03
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -177,6 +193,17 @@ class LatencySettings:
                 f"warmup >= 0; got batch_size={self.batch_size}, threads={self.threads}, "
                 f"repeats={self.repeats}, warmup={self.warmup}"
             )
+        if self.max_repeats < 0 or not 0 < self.tolerance < 1:
+            raise ValueError(
+                "latency settings need max_repeats >= 0 (0: exactly repeats) and "
+                f"0 < tolerance < 1; got max_repeats={self.max_repeats}, "
+                f"tolerance={self.tolerance}"
+            )
+
+    @property
+    def pair_cap(self) -> int:
+        """Most pairs one comparison rests on (never fewer than ``repeats``)."""
+        return max(self.repeats, self.max_repeats)
 
     @property
     def on_gpu(self) -> bool:
@@ -185,12 +212,36 @@ class LatencySettings:
 
 @dataclass(frozen=True)
 class LatencyComparison:
+    """Median ms of both models over ``pairs`` interleaved pairs, and the speedup's 95%
+    interval [``low``, ``high``], which always contains ``speedup``. Built without an
+    interval (``low``/``high`` left out), it is the point: a figure with no noise known."""
+
     baseline_ms: float
     candidate_ms: float
+    low: float = math.nan
+    high: float = math.nan
+    pairs: int = 0
+    reused: int = 0  # how many of the pairs came from the pool (timed earlier)
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.low):
+            object.__setattr__(self, "low", self.speedup)
+        if math.isnan(self.high):
+            object.__setattr__(self, "high", self.speedup)
 
     @property
     def speedup(self) -> float:
         return self.baseline_ms / self.candidate_ms
+
+    @property
+    def relative_half_width(self) -> float:
+        return relative_half_width(self.low, self.high, self.speedup)
+
+    @classmethod
+    def from_pairs(cls, pairs: list[Pair], reused: int = 0) -> LatencyComparison:
+        base_ms, cand_ms, _ = point_speedup(pairs)
+        low, high = speedup_interval(pairs)
+        return cls(base_ms, cand_ms, low=low, high=high, pairs=len(pairs), reused=reused)
 
 
 def timing_batch(example_inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -252,9 +303,9 @@ def _cudnn_benchmark():
         torch.backends.cudnn.benchmark = before
 
 
-def time_interleaved(runners: list[Callable[[], None]], warmup: int, repeats: int) -> list[float]:
-    """Median milliseconds of each runner, timed in alternating order so that machine
-    noise (other processes, frequency changes) falls on all of them alike."""
+def time_samples(runners: list[Callable[[], None]], warmup: int, repeats: int) -> list[list[float]]:
+    """Milliseconds of each runner's every timed run, in alternating order (a b, b a, ...)
+    so that machine noise (other processes, frequency changes) falls on all alike."""
     for run in runners:
         for _ in range(warmup):
             run()
@@ -266,7 +317,12 @@ def time_interleaved(runners: list[Callable[[], None]], warmup: int, repeats: in
             runners[i]()
             samples[i].append((time.perf_counter() - start) * 1000.0)
         order.reverse()
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def time_interleaved(runners: list[Callable[[], None]], warmup: int, repeats: int) -> list[float]:
+    """Median milliseconds of each runner, timed interleaved (``time_samples``)."""
+    return [statistics.median(s) for s in time_samples(runners, warmup, repeats)]
 
 
 def compare_latency(
@@ -275,14 +331,66 @@ def compare_latency(
     example_inputs: torch.Tensor,
     settings: LatencySettings,
     workdir: Path,
+    pool: MeasurementPool | None = None,
+    fresh: bool = False,
 ) -> LatencyComparison:
+    """Baseline against candidate in interleaved pairs, with the speedup's 95% interval.
+
+    ``settings.repeats`` pairs first; with ``max_repeats`` set, more in chunks until the
+    interval's relative half-width is within ``tolerance`` or ``max_repeats`` pairs are
+    reached. With a ``pool``, the pairs of earlier comparisons of the same architectures
+    (runtime, batch size, threads) count too, new ones are added only while needed, and
+    every new one is stored: identical models get one pooled figure, not a new draw each.
+    ``fresh``: a re-measurement (confirmation) that counts only pairs timed now (they are
+    still stored in the pool)."""
+    if pool is None:
+        return LatencyComparison.from_pairs(
+            _more_pairs(baseline, candidate, example_inputs, settings, workdir, [])
+        )
+    key = pool_key(
+        baseline, candidate, example_inputs, settings.runtime, settings.batch_size, settings.threads
+    )
+    with pool.holding(key):  # a second comparison of these models waits, then reuses
+        earlier = [] if fresh else pool.load(key)
+        pairs = _more_pairs(baseline, candidate, example_inputs, settings, workdir, earlier)
+        pool.add(key, pairs[len(earlier) :])
+    return LatencyComparison.from_pairs(pairs, reused=len(earlier))
+
+
+def _more_pairs(
+    baseline: nn.Module,
+    candidate: nn.Module,
+    example_inputs: torch.Tensor,
+    settings: LatencySettings,
+    workdir: Path,
+    pairs: list[Pair],
+) -> list[Pair]:
+    """``pairs`` plus as many new ones as the stopping rule asks for (none when they
+    already suffice: then nothing is built or run)."""
+    pairs = list(pairs)
+    runners: list[Callable[[], None]] = []
     with runtime_flags(settings):
-        runners = [
-            make_runner(baseline, example_inputs, settings, workdir, "baseline"),
-            make_runner(candidate, example_inputs, settings, workdir, "candidate"),
-        ]
-        base_ms, cand_ms = time_interleaved(runners, settings.warmup, settings.repeats)
-    return LatencyComparison(baseline_ms=base_ms, candidate_ms=cand_ms)
+        while missing := _pairs_missing(pairs, settings):
+            warmup = 0  # only freshly built runners warm up, not each chunk
+            if not runners:
+                runners = [
+                    make_runner(baseline, example_inputs, settings, workdir, "baseline"),
+                    make_runner(candidate, example_inputs, settings, workdir, "candidate"),
+                ]
+                warmup = settings.warmup
+            base, cand = time_samples(runners, warmup, missing)
+            pairs.extend(zip(base, cand, strict=True))
+    return pairs
+
+
+def _pairs_missing(pairs: list[Pair], settings: LatencySettings) -> int:
+    """How many pairs to time next: up to ``repeats`` first; then, while the interval is
+    too wide and the cap allows, a chunk of half the starting number (at least 5)."""
+    if len(pairs) < settings.repeats:
+        return settings.repeats - len(pairs)
+    if len(pairs) >= settings.pair_cap or precise_enough(pairs, settings.tolerance):
+        return 0
+    return min(max(5, settings.repeats // 2), settings.pair_cap - len(pairs))
 
 
 def latency_ms(
