@@ -51,8 +51,10 @@ def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings |
 def latency_settings(
     spec: JobSpec, runtime: str | None = None, quick: bool = False
 ) -> measure.LatencySettings:
-    """How latency is timed on ``runtime`` (default: the target's); ``quick`` halves the
-    repeats, for calibration's many un-fine-tuned probes."""
+    """How latency is timed on ``runtime`` (default: the target's): ``measure.repeats``
+    pairs, then more up to ``max_repeats`` while the speedup's interval is wider than
+    ``tolerance``. ``quick`` (calibration's many un-fine-tuned probes) starts with half
+    the pairs and stops at twice the tolerance."""
     m = spec.measure
     return measure.LatencySettings(
         runtime=runtime or spec.target.runtime,
@@ -60,6 +62,8 @@ def latency_settings(
         threads=m.threads,
         warmup=2 if quick else m.warmup,
         repeats=max(5, m.repeats // 2) if quick else m.repeats,
+        max_repeats=m.max_repeats,
+        tolerance=min(0.5, 2 * m.tolerance) if quick else m.tolerance,
     )
 
 
