@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from hpo.space import Categorical, Dimension, Integer, Real
 from pipeline.records.redact import redact
 from pipeline.records.results import CandidateResult
-from pipeline.records.tracking import CANDIDATE_METRICS, open_store
+from pipeline.records.tracking import CANDIDATE_METRICS, INTERVAL_PREFIXES, open_store
 from pipeline.spec import JobSpec
 
 
@@ -54,12 +54,29 @@ def results_from_history(
         result.speedups = {
             k.removeprefix("speedup."): v for k, v in metrics.items() if k.startswith("speedup.")
         }
+        result.speedup_intervals = recorded_intervals(metrics)
+        result.source = tags.get("source", result.source)
+        result.screening_score = metrics.get("screening_score")
         for m in CANDIDATE_METRICS:
             if m in metrics:
                 value = metrics[m]
                 setattr(result, m, int(value) if m in ("flops", "param_count", "bytes") else value)
         results.append(result)
     return sorted(results, key=lambda r: r.round)
+
+
+def recorded_intervals(metrics: dict[str, float]) -> dict[str, list[float]]:
+    """Runtime -> [low, high] from ``speedup_low.<runtime>`` / ``speedup_high.<runtime>``
+    (a runtime missing either end has no interval: its point figure is judged, as when
+    it was recorded). Feasibility is judged on the low end, so a resumed job judges its
+    recorded rounds exactly as the job that ran them."""
+    low_prefix, high_prefix = INTERVAL_PREFIXES
+    lows = {k.removeprefix(low_prefix): v for k, v in metrics.items() if k.startswith(low_prefix)}
+    return {
+        runtime: [low, metrics[high_prefix + runtime]]
+        for runtime, low in lows.items()
+        if high_prefix + runtime in metrics
+    }
 
 
 # Baseline fields (``pipeline.job.baseline.Baseline``) and the baseline child run's

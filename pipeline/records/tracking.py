@@ -1,5 +1,7 @@
 """MLflow bookkeeping: one parent run per job, a ``baseline`` child run and one nested
-child run per candidate, all with the same metric keys (see ``candidate_metrics``).
+child run per candidate, all with the same metric keys (see ``candidate_metrics``), and
+one ``screening`` child run holding every cheap evaluation (hundreds of them: a run each
+would bury the candidates in the UI).
 
 Everything goes through ``MlflowClient`` with explicit run ids (no fluent global state),
 so candidates finishing on worker threads can be logged safely.
@@ -12,6 +14,8 @@ import json
 import os
 import sqlite3
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from learners.formats.onnx_module import OnnxModule
 from pipeline.records.filelock import locked
 from pipeline.records.redact import credentials_to_env, redact_data
-from pipeline.records.results import CandidateResult
+from pipeline.records.results import CandidateResult, ScreeningResult
 
 # Logged on every candidate child run and on the `baseline` child run (units: README).
 CANDIDATE_METRICS = (
@@ -53,12 +57,33 @@ def achieved_key(kind: str) -> str:
     return f"achieved_{kind}"
 
 
+def achieved_low_key(kind: str) -> str:
+    """The metric feasibility is judged on: the achieved figure's interval low end."""
+    return f"{achieved_key(kind)}_low"
+
+
+# Per runtime: the 95% interval of its speedup, as ``speedup_low.<runtime>`` and
+# ``speedup_high.<runtime>`` (beside ``speedup.<runtime>``, so the compare view lines
+# them up; ``pipeline.job.resume`` reads them back). Every runtime with a speedup has
+# both keys, so every child run (the baseline too) has the same metric keys.
+INTERVAL_PREFIXES = ("speedup_low.", "speedup_high.")
+
+
 def candidate_metrics(r: CandidateResult, kind: str, feasible: bool) -> dict[str, float | None]:
-    """The metrics of one child run (a candidate or the baseline): one set of keys for all."""
+    """The metrics of one child run (a candidate or the baseline): one set of keys for all
+    (``screening_score`` only where the setting was screened: the baseline never is)."""
     metrics: dict[str, float | None] = {m: getattr(r, m) for m in CANDIDATE_METRICS}
     metrics[achieved_key(kind)] = r.achieved(kind)
+    metrics[achieved_low_key(kind)] = r.achieved_low(kind)
     metrics["feasible"] = float(feasible)
     metrics.update({f"speedup.{k}": v for k, v in r.speedups.items()})
+    for runtime, point in r.speedups.items():
+        # No interval recorded (the baseline, an older result): the point, no noise known.
+        low, high = r.speedup_intervals.get(runtime, (point, point))
+        metrics[f"speedup_low.{runtime}"] = low
+        metrics[f"speedup_high.{runtime}"] = high
+    if r.screening_score is not None:
+        metrics["screening_score"] = r.screening_score
     return metrics
 
 
@@ -163,9 +188,16 @@ def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+SCREENINGS_FILE = "screenings.json"  # every screening row so far (what a resume reads)
+SCREENINGS_TABLE = "screenings_table.json"  # MLflow's table artifact (log_table), appended
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         uri = credentials_to_env(uri)  # a server's password is never recorded or shown
+        # Screening rows logged so far, per screening run (rewritten whole each batch).
+        self._screenings: dict[str, dict[int, ScreeningResult]] = {}
+        self._screenings_lock = threading.Lock()
         db_file = _sqlite_file(uri)
         if db_file is None:
             self._open(uri, experiment, None)
@@ -307,6 +339,7 @@ class Tracker:
                 "status": result.status,
                 "feasible": str(feasible).lower(),
                 "learners": ",".join(result.learners),
+                "source": result.source,
             },
         )
         params = [Param(k, str(v)) for k, v in result.params.items()]
@@ -339,8 +372,70 @@ class Tracker:
         for i in range(0, len(curve), 1000):
             self.client.log_batch(run_id, metrics=curve[i : i + 1000])
 
+    # -- screenings -----------------------------------------------------------------
+    def start_screening(self, parent_run_id: str) -> str:
+        """The job's one ``screening`` child run (the one it already has, when resumed)."""
+        found = self.children(parent_run_id, kind="screening")
+        if found:
+            return str(found[0].info.run_id)
+        run_id, _ = self._child(parent_run_id, "screening", "screening", 0.0, {})
+        return run_id
+
+    def log_screenings(self, run_id: str, rows: list[ScreeningResult]) -> None:
+        """One batch of screenings: step metrics ``screen_accuracy``, ``screen_predicted``,
+        ``screen_achieved`` at step = the row's index (charted in the run's Model metrics
+        view), ``screenings.json`` rewritten with every row so far (a row logged again,
+        e.g. once promoted, replaces its earlier self there), and the new rows appended to
+        MLflow's table artifact. The run ends FINISHED at each batch's time, so its
+        duration spans the screenings and a killed job leaves no run RUNNING."""
+        with self._screenings_lock:
+            recorded = self._screenings.get(run_id)
+            if recorded is None:
+                recorded = {r.index: r for r in self._read_screenings(run_id)}
+                self._screenings[run_id] = recorded
+            new = [r for r in rows if r.index not in recorded]
+            recorded.update({r.index: r for r in rows})
+            every = [recorded[i].to_dict() for i in sorted(recorded)]
+        now = _now_ms()
+        metrics = [
+            Metric(f"screen_{name}", float(value), now, r.index)
+            for r in new
+            for name, value in (
+                ("accuracy", r.accuracy),
+                ("predicted", r.predicted),
+                ("achieved", r.achieved),
+            )
+            if value is not None
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        self.log_dict(run_id, every, SCREENINGS_FILE)
+        if new:
+            self.client.log_table(run_id, screening_table(new), SCREENINGS_TABLE)
+        self.client.set_terminated(run_id, "FINISHED", end_time=now)
+
+    def _read_screenings(self, run_id: str) -> list[ScreeningResult]:
+        names = {a.path for a in self.client.list_artifacts(run_id)}
+        if SCREENINGS_FILE not in names:
+            return []
+        with tempfile.TemporaryDirectory(prefix="compressflow-screenings-") as tmp:
+            local = Path(self.client.download_artifacts(run_id, SCREENINGS_FILE, tmp))
+            return [ScreeningResult.from_dict(row) for row in json.loads(local.read_text())]
+
+    def recorded_screenings(self, parent_run_id: str) -> tuple[str | None, list[ScreeningResult]]:
+        """The job's screening run id and every screening row it recorded, by index
+        (``(None, [])`` when it has none yet), for a resumed job to continue from."""
+        found = self.children(parent_run_id, kind="screening")
+        if not found:
+            return None, []
+        run_id = str(found[0].info.run_id)
+        rows = self._read_screenings(run_id)
+        with self._screenings_lock:
+            self._screenings[run_id] = {r.index: r for r in rows}
+        return run_id, sorted(rows, key=lambda r: r.index)
+
     def children(self, parent_run_id: str, kind: str = "candidate") -> list[Any]:
-        """The job's child runs of one kind (``candidate`` or ``baseline``)."""
+        """The job's child runs of one kind (``candidate``, ``baseline`` or ``screening``)."""
         return self.client.search_runs(
             [self.experiment_id],
             filter_string=(
@@ -399,6 +494,21 @@ class Tracker:
         ]
 
 
+def screening_table(rows: list[ScreeningResult]) -> dict[str, list[Any]]:
+    """Rows as columns for MLflow's table view: the row's figures, then one column per
+    setting (``params.<name>``; values as text, as MLflow shows params)."""
+    names = sorted({name for r in rows for name in r.params})
+    columns: dict[str, list[Any]] = {
+        key: [getattr(r, key) for r in rows]
+        for key in ("index", "status", "accuracy", "predicted", "achieved", "promoted_round")
+    }
+    columns["seconds"] = [round(r.seconds, 3) for r in rows]
+    columns["error"] = [r.error or "" for r in rows]
+    for name in names:
+        columns[f"params.{name}"] = [str(r.params.get(name, "")) for r in rows]
+    return columns
+
+
 def open_store(uri: str) -> MlflowClient:
     """A client on an existing store (a moved local store is re-pointed first)."""
     db_file = _sqlite_file(uri)
@@ -446,8 +556,6 @@ def recorded_rounds(client: MlflowClient, summary: dict[str, Any]) -> list[dict[
 
 
 def _scratch() -> str:
-    import tempfile
-
     return tempfile.mkdtemp(prefix="compressflow-report-")
 
 
