@@ -24,10 +24,12 @@ def test_uniform_start_is_the_smallest_ratio_meeting_the_target(tmp_path):
 
     def value(r):
         pruned, _ = learner.prune(info.model, learner.uniform_params(info, r), info.example_inputs)
-        return achieved(spec, info.model, pruned, info.example_inputs, base_bytes, tmp_path)
+        got = achieved(spec, info.model, pruned, info.example_inputs, base_bytes, tmp_path)
+        assert got.low == got.value == got.high  # file bytes are exact: no margin needed
+        return got.value
 
-    assert value(ratio) >= 3.0 * 1.10
-    assert value(ratio - 0.05) < 3.0 * 1.10  # a clearly smaller ratio would not do
+    assert value(ratio) >= 3.0
+    assert value(ratio - 0.05) < 3.0  # a clearly smaller ratio would not do
 
 
 def test_unreachable_target_gives_no_start(tmp_path):
@@ -69,14 +71,60 @@ def test_a_speedup_is_measured_on_every_runtime_and_the_worst_one_counts(tmp_pat
     )
     measured = []
 
-    def fake_compare_latency(baseline, candidate, example, settings, workdir):
+    pools = []
+
+    def fake_compare_latency(baseline, candidate, example, settings, workdir, pool=None):
         measured.append(settings)
-        candidate_ms = {"torch-cpu": 4.0, "onnxruntime-cpu": 8.0}[settings.runtime]
-        return measure.LatencyComparison(baseline_ms=20.0, candidate_ms=candidate_ms)
+        pools.append(pool.folder)
+        candidate_ms, low, high = {
+            "torch-cpu": (4.0, 4.0, 6.5),  # 5x, interval 4-6.5
+            "onnxruntime-cpu": (8.0, 2.4, 2.6),  # 2.5x
+        }[settings.runtime]
+        return measure.LatencyComparison(20.0, candidate_ms, low=low, high=high)
 
     monkeypatch.setattr(measure, "compare_latency", fake_compare_latency)
     model = tiny_cnn()
-    assert achieved(spec, model, model, example_inputs(), 1, tmp_path) == 2.5  # 20 / 8
+    got = achieved(spec, model, model, example_inputs(), 1, tmp_path / "calibration")
+    # the worst runtime's figure, and each end of the interval at its worst
+    assert (got.value, got.low, got.high) == (2.5, 2.4, 2.6)
     assert [s.runtime for s in measured] == ["torch-cpu", "onnxruntime-cpu"]
+    assert pools == [tmp_path / "measurements"] * 2  # the job's pool, shared with rounds
     # Calibration probes are timed with fewer repeats than the search's candidates.
     assert all(s.batch_size == 4 and s.repeats == 6 for s in measured)
+
+
+def _speedups_by_ratio(intervals):
+    """A stand-in for measured speedup: the interval of the largest listed ratio not
+    above the probed one (the stand-in reads the ratio from the pruned width)."""
+
+    def fake(spec, baseline, candidate, example, baseline_bytes, workdir):
+        ratio = 1 - measure.count_params(candidate) ** 0.5 / measure.count_params(baseline) ** 0.5
+        key = max((r for r in intervals if r <= ratio + 1e-9), default=min(intervals))
+        value, low, high = intervals[key]
+        return calibrate.Reached(value, low, high)
+
+    return fake
+
+
+def test_a_ratio_meets_the_target_only_when_its_interval_low_end_does(tmp_path, monkeypatch):
+    # Every ratio's point figure reaches 3x, but only from 0.6 on does the low end.
+    intervals = {0.0: (3.1, 2.5, 3.6), 0.6: (3.3, 3.05, 3.5)}
+    monkeypatch.setattr(calibrate, "achieved", _speedups_by_ratio(intervals))
+    spec = parse({"target": {"speedup": 3.0}})
+    info = ModelInfo(tiny_cnn(width=32), example_inputs())
+    found = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+    (chosen,) = {v for k, v in found.start.items() if k.startswith("ratio.")}
+    accepted = [t for t in found.trail if t["low"] >= 3.0]
+    assert chosen == min(t["ratio"] for t in accepted)
+    assert all(t["achieved"] >= 3.0 for t in found.trail)  # the point alone met everywhere
+    assert any(t["low"] < 3.0 and t["ratio"] < chosen for t in found.trail)
+
+
+def test_unreachable_means_even_the_largest_ratios_high_end_misses(tmp_path, monkeypatch):
+    spec = parse({"target": {"speedup": 3.0}})
+    info = ModelInfo(tiny_cnn(width=32), example_inputs())
+    for high, unreachable in ((2.9, True), (3.1, False)):
+        reached = calibrate.Reached(2.7, 2.5, high)
+        monkeypatch.setattr(calibrate, "achieved", lambda *a, r=reached: r)
+        found = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+        assert found.unreachable is unreachable and found.start is None

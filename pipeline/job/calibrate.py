@@ -6,6 +6,12 @@ meets the target, by bisection on measured latency or file size of un-fine-tuned
 models (weights do not change either). The search is then seeded with that point, so it
 starts from the fixed rule's answer and can only improve on it.
 
+A ratio meets a speedup target when the low end of the 95% interval of its measured
+speedup, on every target runtime, reaches the target (the product's feasibility rule);
+the target is unreachable when even the largest ratio's interval lies wholly below it.
+Timings go into the job's measurement pool, so the chosen ratio's model, which round 1
+fine-tunes without changing its architecture, is not measured anew into another figure.
+
 Calibration is a candidate like any other: a ratio whose pruning or measurement fails is
 recorded (``Calibration.trail``, written to ``calibration.json``) and ends the bisection;
 the search then starts from the last ratio that met the target, or without a start.
@@ -26,8 +32,27 @@ from learners.base import ModelInfo
 from learners.channel import ChannelPruning
 from learners.formats import export
 from pipeline import measure
+from pipeline.job.candidate import measurement_pool
 from pipeline.job.settings import latency_settings
 from pipeline.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Reached:
+    """An achieved figure with its 95% interval (file sizes are exact: low = high)."""
+
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, got: Reached | float, margin: float) -> Reached:
+        """``got`` as a Reached; a plain number (from a stand-in for ``achieved``, which
+        benchmarks and tests use) carries no interval and is given the noise calibration
+        assumed before intervals: a factor ``margin`` either way."""
+        if isinstance(got, Reached):
+            return got
+        return cls(float(got), float(got) / margin, float(got) * margin)
 
 
 def achieved(
@@ -37,16 +62,24 @@ def achieved(
     example: torch.Tensor,
     baseline_bytes: int,
     workdir: Path,
-) -> float:
+) -> Reached:
+    """The candidate's figure against the target. For speedup the worst target runtime
+    decides, each end of the interval separately (meeting the target means meeting it on
+    every runtime); timed with the job's pool (``workdir``'s ``../measurements``)."""
     if spec.target.kind == "compression":
         path = export.save_deployable(candidate, example, workdir / "calibration")
-        return baseline_bytes / measure.file_bytes(path)
-    speedups = []
-    for runtime in spec.target.runtimes:  # the worst runtime decides, as in the search
+        exact = baseline_bytes / measure.file_bytes(path)
+        return Reached(exact, exact, exact)
+    pool = measurement_pool(workdir)
+    timings = []
+    for runtime in spec.target.runtimes:
         settings = latency_settings(spec, runtime, quick=True)
-        timing = measure.compare_latency(baseline, candidate, example, settings, workdir)
-        speedups.append(timing.speedup)
-    return min(speedups)
+        timings.append(
+            measure.compare_latency(baseline, candidate, example, settings, workdir, pool)
+        )
+    return Reached(
+        min(t.speedup for t in timings), min(t.low for t in timings), min(t.high for t in timings)
+    )
 
 
 @dataclass
@@ -57,8 +90,8 @@ class Calibration:
     trail: list[dict[str, Any]] = field(default_factory=list)
     start: dict[str, Any] | None = None
     outcome: str = ""
-    # The largest ratio falls short by more than timing noise: no channel-pruning
-    # candidate can reach the target (each stage's ratio is at most that one).
+    # Even the largest ratio's interval lies below the target: no channel-pruning
+    # candidate can reach it (each stage's ratio is at most that one).
     unreachable: bool = False
 
     @property
@@ -84,51 +117,59 @@ def calibrate(
     margin: float = 1.10,
     log=print,
 ) -> Calibration:
-    """Bisect for the smallest uniform ratio that meets the target with ``margin`` to
-    spare (timings are noisy); a failing ratio is recorded and stops the bisection."""
-    goal = spec.target.value * margin
+    """Bisect for the smallest uniform ratio whose figure's interval low end reaches the
+    target; a failing ratio is recorded and stops the bisection. ``margin``: the noise
+    given to a figure that comes without an interval (``Reached.of``)."""
+    target = spec.target.value
     workdir.mkdir(parents=True, exist_ok=True)
     lo, hi = learner.config.min_ratio, learner.config.max_ratio
     found = Calibration()
 
-    def value(ratio: float) -> float | None:
+    def value(ratio: float) -> Reached | None:
         try:
             pruned, _ = learner.prune(
                 info.model, learner.uniform_params(info, ratio), info.example_inputs
             )
-            got = achieved(spec, info.model, pruned, info.example_inputs, baseline_bytes, workdir)
+            raw = achieved(spec, info.model, pruned, info.example_inputs, baseline_bytes, workdir)
+            got = Reached.of(raw, margin)
         except Exception as err:  # noqa: BLE001 - recorded; the search goes on
             error = f"{type(err).__name__}: {err}".splitlines()[0]
             found.trail.append({"ratio": ratio, "error": error})
             log(f"calibration: a uniform ratio of {ratio:.3f} failed ({error})")
             return None
-        found.trail.append({"ratio": ratio, "achieved": got})
+        found.trail.append(
+            {"ratio": ratio, "achieved": got.value, "low": got.low, "high": got.high}
+        )
         return got
 
     first = value(hi)
     if first is None:
         found.outcome = "calibration failed; the search starts without the fixed rule's point"
-    elif first * margin < spec.target.value:
+    elif first.high < target:
         found.unreachable = True
         found.outcome = (
             f"target unreachable: even the largest uniform ratio ({hi}) reaches only "
-            f"{spec.target.kind} {first:.2f}, short of {spec.target.value:g} by more than "
-            "timing noise; lower the target or raise learner_options.channel.max_ratio "
-            "(--force-search searches anyway)"
+            f"{spec.target.kind} {first.value:.2f} (95% interval {first.low:.2f}-"
+            f"{first.high:.2f}), wholly below {target:g}; lower the target or raise "
+            "learner_options.channel.max_ratio (--force-search searches anyway)"
         )
-    elif first < goal:
-        found.outcome = f"even a uniform ratio of {hi} falls short of the target"
+    elif first.low < target:
+        found.outcome = (
+            f"even a uniform ratio of {hi} falls short of the target: {spec.target.kind} "
+            f"{first.value:.2f}, 95% interval {first.low:.2f}-{first.high:.2f} (within "
+            f"the noise of {target:g}: searched)"
+        )
     else:
         while hi - lo > resolution:
             mid = (lo + hi) / 2
             got = value(mid)
             if got is None:
                 break  # hi met the target: start there
-            lo, hi = (lo, mid) if got >= goal else (mid, hi)
+            lo, hi = (lo, mid) if got.low >= target else (mid, hi)
         found.start = learner.uniform_params(info, hi)
         found.outcome = (
-            f"a uniform ratio of {hi:.3f} meets {spec.target.kind} >= {goal:.3g}; "
-            "the search starts there"
+            f"a uniform ratio of {hi:.3f} meets {spec.target.kind} {target:g} (the low end "
+            "of its 95% interval reaches it); the search starts there"
         )
     log(f"calibration: {found.outcome}")
     (workdir / "calibration.json").write_text(json.dumps(found.to_dict(), indent=1))

@@ -34,6 +34,16 @@ from pipeline.records import storage
 from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
 
+# The job's pooled timing pairs: beside ``rounds/`` and ``calibration/`` in its output
+# folder, so calibration, every round and the confirmation share one pool.
+MEASUREMENTS_FOLDER = "measurements"
+
+
+def measurement_pool(workdir: str | Path) -> measure.MeasurementPool:
+    """The pool of the job whose work folder (``<out>/rounds``, ``<out>/calibration``,
+    ...) is ``workdir``: ``<out>/measurements``."""
+    return measure.MeasurementPool(Path(workdir).parent / MEASUREMENTS_FOLDER)
+
 
 def load_teacher(spec: JobSpec, baseline: torch.nn.Module, cache: Path) -> torch.nn.Module | None:
     if not spec.distillation.enabled:
@@ -99,10 +109,12 @@ def evaluate(
         result.deployable_path = str(deployable)
         result.bytes = measure.file_bytes(deployable)
         result.compression = baseline_bytes / result.bytes
+        pool = measurement_pool(workdir)
         for runtime in spec.target.runtimes:
             settings = latency_settings(spec, runtime)
-            timing = measure.compare_latency(baseline, model, example, settings, out)
+            timing = measure.compare_latency(baseline, model, example, settings, out, pool)
             result.speedups[runtime] = timing.speedup
+            result.speedup_intervals[runtime] = [timing.low, timing.high]
             if runtime == spec.target.runtime:
                 result.latency_ms, result.baseline_latency_ms = (
                     timing.candidate_ms,
