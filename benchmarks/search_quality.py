@@ -511,10 +511,12 @@ def run_job(s: Setup, screen: int) -> dict[str, Any]:
         raise RuntimeError(f"job exited {proc.returncode} without a summary (see {folder})")
     summary = json.loads(summary_path.read_text())
     best = summary.get("best") or {}
-    if not best.get("model_path"):
+    # The winner's files: the summary's artifacts (best.model_path in some versions).
+    path = (summary.get("artifacts") or {}).get("best_model") or best.get("model_path")
+    if not path:
         raise RuntimeError(f"job exited {proc.returncode} with no winner (see {folder})")
     return {
-        "model_obj": load_saved(best["model_path"]).eval(),
+        "model_obj": load_saved(path).eval(),
         "seconds": seconds,
         "evaluations": summary.get("rounds", {}).get("total"),
         "method_speedup": best.get("speedup"),
@@ -526,6 +528,8 @@ def run_job(s: Setup, screen: int) -> dict[str, Any]:
             "screening": summary.get("screening"),
             "job_test_accuracy": best.get("test_accuracy"),
             "from_round": best.get("round"),
+            "source": best.get("source"),
+            "rounds": summary.get("rounds"),
         },
     }
 
@@ -644,7 +648,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--screen", type=int, default=60, help="two_fidelity's budget.screen")
     parser.add_argument(
-        "--full-rounds", type=int, default=None, help="two_fidelity's budget.rounds (default 100)"
+        "--full-rounds",
+        type=int,
+        default=3,
+        help="two_fidelity's budget.rounds: full evaluations at most (it screens "
+        "screen/rounds settings per full evaluation); gp has 100, --minutes stops both",
     )
     parser.add_argument("--wait-minutes", type=float, default=120.0)
     parser.add_argument("--results", type=Path, default=RESULTS)
