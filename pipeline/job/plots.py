@@ -1,6 +1,7 @@
 """The comparison plot: validation accuracy against the figure compared with the target
 (``achieved_speedup`` or ``achieved_compression``, exactly the logged metric), for the
-baseline and every candidate, with the target, the Pareto frontier and the winner.
+baseline and every candidate, with the target, the Pareto frontier and the winner; for a
+list target (a front), a line per target and each target's winner marked.
 
 Drawn from a summary's ``candidates`` rows, which hold the metrics as logged to MLflow, so
 the PNG, the interactive HTML and MLflow's own charts show the same numbers.
@@ -93,8 +94,48 @@ def axis_label(summary: dict[str, Any]) -> str:
 
 def _title(summary: dict[str, Any]) -> str:
     t = summary["target"]
+    entries = summary.get("targets")
+    if entries:
+        values = ", ".join(f"{e['value']:g}" for e in entries)
+        met = sum(bool(e["met"]) for e in entries)
+        return f"{summary['job']}: targets {t['kind']} >= {values} ({met} of {len(entries)} met)"
     verdict = "met" if summary.get("target_met") else "not met"
     return f"{summary['job']}: target {t['kind']} >= {t['value']:g} ({verdict})"
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A winner as the plot marks it: its point and the legend's words."""
+
+    point: Point
+    label: str
+
+
+def chosen(summary: dict[str, Any], pts: list[Point]) -> list[Chosen]:
+    """The winners to mark: the one ``is_best`` point of a single target; for a front,
+    each target's winner (one mark per round, naming every target it won, "not met"
+    where it was only the closest)."""
+    drawable = {p.round: p for p in pts if p.drawable and p.category != "baseline"}
+    entries = summary.get("targets")
+    if not entries:
+        best = next((p for p in pts if p.is_best and p.drawable), None)
+        return [] if best is None else [Chosen(best, f"chosen: round {best.round}")]
+    won: dict[int, list[str]] = {}
+    for e in entries:
+        if e.get("best") is not None and e["best"]["round"] in drawable:
+            mark = f"{e['value']:g}x" + ("" if e["met"] else " (not met)")
+            won.setdefault(e["best"]["round"], []).append(mark)
+    return [Chosen(drawable[r], f"chosen for {', '.join(m)}: round {r}") for r, m in won.items()]
+
+
+def target_values(summary: dict[str, Any]) -> list[float]:
+    """Every target value to draw a line at (one, or each of a front's)."""
+    t = summary["target"]
+    return [float(v) for v in t.get("values") or [t["value"]]]
+
+
+# Winner marks in turn (a front has several): colour, and each target line's dash.
+MARK_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, float]]:
@@ -136,18 +177,18 @@ def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, floa
                 where="pre", color="#1f77b4", linewidth=1.8, alpha=0.7,
                 label="Pareto frontier", zorder=2,
             )  # fmt: skip
-        best = next((p for p in pts if p.is_best and p.drawable), None)
-        if best is not None:
+        for i, c in enumerate(chosen(summary, pts)):
             ax.scatter(
-                [float(best.achieved or 0.0)], [float(best.accuracy or 0.0)], s=520,
-                marker="*", facecolors="none", edgecolors="#d62728", linewidths=2.2,
-                label=f"chosen: round {best.round}", zorder=4,
+                [float(c.point.achieved or 0.0)], [float(c.point.accuracy or 0.0)], s=520,
+                marker="*", facecolors="none", edgecolors=MARK_COLOURS[i % len(MARK_COLOURS)],
+                linewidths=2.2, label=c.label, zorder=4,
             )  # fmt: skip
         t = summary["target"]
-        ax.axvline(
-            t["value"], color="#444444", linestyle="--", linewidth=1.5,
-            label=f"target {t['kind']} {t['value']:g}x",
-        )  # fmt: skip
+        for value in target_values(summary):
+            ax.axvline(
+                value, color="#444444", linestyle="--", linewidth=1.5,
+                label=f"target {t['kind']} {value:g}x",
+            )  # fmt: skip
         ax.set_xlabel(axis_label(summary))
         ax.set_ylabel("validation accuracy (metric accuracy)")
         ax.set_title(_title(summary))
@@ -195,23 +236,26 @@ def draw_html(summary: dict[str, Any], path: Path) -> None:
                 hoverinfo="skip",
             )
         )
-    best = next((p for p in pts if p.is_best and p.drawable), None)
-    if best is not None:
+    for i, c in enumerate(chosen(summary, pts)):
         fig.add_trace(
             go.Scatter(
-                x=[best.achieved],
-                y=[best.accuracy],
+                x=[c.point.achieved],
+                y=[c.point.accuracy],
                 mode="markers",
-                marker={"symbol": "star-open", "size": 26, "color": "#d62728"},
-                name=f"chosen: round {best.round}",
+                marker={
+                    "symbol": "star-open",
+                    "size": 26,
+                    "color": MARK_COLOURS[i % len(MARK_COLOURS)],
+                },
+                name=c.label,
                 hoverinfo="skip",
             )
         )
-    t = summary["target"]
-    fig.add_vline(
-        x=t["value"], line_dash="dash", line_color="#444444",
-        annotation_text=f"target {t['value']:g}x",
-    )  # fmt: skip
+    for value in target_values(summary):
+        fig.add_vline(
+            x=value, line_dash="dash", line_color="#444444",
+            annotation_text=f"target {value:g}x",
+        )  # fmt: skip
     fig.update_layout(
         title=_title(summary),
         xaxis_title=axis_label(summary),

@@ -467,19 +467,37 @@ class Tracker:
             if value is not None:
                 self.client.set_model_version_tag(name, str(version), key, str(value))
 
-    def mark_best(self, parent_run_id: str, best_round: int) -> str | None:
+    def mark_best(
+        self, parent_run_id: str, best_round: int, front: dict[int, list[str]] | None = None
+    ) -> str | None:
         """Tag the winning child (``best: true``), log ``is_best`` 1/0 on every candidate,
-        and record ``best_run_id`` and ``best_round`` on the parent; returns the winner's id."""
+        and record ``best_run_id`` and ``best_round`` on the parent; returns the winner's id.
+        ``front`` (a list target): round -> the targets it won (``["2x", "3x"]``); each
+        of those runs is a winner too and is tagged ``best_for`` with its targets."""
+        front = front or {}
         best_id = None
         for run in self.children(parent_run_id):
-            is_best = run.data.params.get("round") == str(best_round)
+            round_ = int(run.data.params.get("round", -1))
+            is_best = round_ == best_round or round_ in front
             self.log_metrics(run.info.run_id, {"is_best": float(is_best)})
             if is_best:
+                self.client.set_tag(run.info.run_id, "best", "true")
+            if round_ in front:
+                self.client.set_tag(run.info.run_id, "best_for", ",".join(front[round_]))
+            if round_ == best_round:
                 best_id = run.info.run_id
-                self.client.set_tag(best_id, "best", "true")
         if best_id is not None:
             self.set_tags(parent_run_id, {"best_run_id": best_id, "best_round": best_round})
+        if front:
+            won = {label: r for r, labels in front.items() for label in labels}
+            self.set_tags(parent_run_id, {"front_rounds": json.dumps(won)})
         return best_id
+
+    def set_aliases(self, name: str, version: str | int, aliases: list[str]) -> None:
+        """Point each alias of the registered model ``name`` at ``version`` (an alias
+        moves: a later job's winner at the same target takes it over)."""
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, str(version))
 
     def history(self, parent_run_id: str) -> list[dict[str, Any]]:
         """The candidate runs recorded under a job (for resuming its search)."""
