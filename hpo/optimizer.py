@@ -34,6 +34,7 @@ class Optimizer:
         seed: int = 0,
         n_initial_points: int = 5,
         acq_func: str = "EI",
+        acq_optimizer: str = "auto",
     ) -> None:
         names = [d.name for d in dimensions]
         if len(set(names)) != len(names):
@@ -44,6 +45,7 @@ class Optimizer:
         self.names = names
         self.history: list[tuple[dict[str, Any], float]] = []
         self._suggested: list[dict[str, Any]] = []
+        self._drawn: list[int] = []
         # No dimensions (a learner with nothing to tune): the one point is the empty one.
         self._sk = (
             SkOptimizer(
@@ -52,6 +54,10 @@ class Optimizer:
                 acq_func=acq_func,
                 n_initial_points=max(1, n_initial_points),
                 random_state=seed,
+                # "sampling": each tell scores random points instead of running L-BFGS
+                # from several starts, which costs seconds per tell at a few hundred points
+                acq_optimizer=acq_optimizer,
+                acq_optimizer_kwargs={"n_points": 2000} if acq_optimizer == "sampling" else None,
             )
             if self.dimensions
             else None
@@ -77,6 +83,53 @@ class Optimizer:
             return queued
         points = [self._sk.ask()] if rest == 1 else self._sk.ask(n_points=rest, strategy="cl_max")
         return queued + [self._as_params(p) for p in points]
+
+    def ask_many(self, n: int, pool: int = 2000, spacing: float = 0.05) -> list[dict[str, Any]]:
+        """Propose ``n`` settings from ONE fit of the GP: the ``n`` best of ``pool`` random
+        points by expected improvement, each at least ``spacing`` (RMS, unit cube) from
+        those already picked. For large batches (screenings): skopt's constant-liar
+        ``ask(n)`` refits the GP once per point, seconds each, minutes per batch here.
+        Before the GP has its initial points, they are skopt's own random draws."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if self._sk is None:
+            return [{} for _ in range(n)]
+        queued, self._suggested = self._suggested[:n], self._suggested[n:]
+        rest = n - len(queued)
+        if rest == 0:
+            return queued
+        if not self._sk.models:  # still in its random initial phase: no GP fitted yet
+            points = [self._sk.ask()] if rest == 1 else self._sk.ask(n_points=rest)
+            return queued + [self._as_params(p) for p in points]
+        return queued + [
+            self._as_params(p) for p in self._by_expected_improvement(rest, pool, spacing)
+        ]
+
+    def _by_expected_improvement(self, n: int, pool: int, spacing: float) -> list[list[Any]]:
+        import numpy as np
+        from skopt.acquisition import gaussian_ei
+
+        sk = self._sk
+        assert sk is not None  # only called with dimensions
+        seed = len(self.history) + 7919 * len(self._drawn)  # new draws each call, reproducible
+        self._drawn.append(seed)
+        candidates = sk.space.rvs(n_samples=pool, random_state=seed)
+        unit = np.array(sk.space.transform(candidates), dtype=np.float64)
+        score = gaussian_ei(unit, sk.models[-1], y_opt=float(np.min(sk.yi)), xi=0.01)
+        chosen: list[int] = []
+        width = max(1, unit.shape[1])
+        for i in np.argsort(-score):
+            far = all(np.sqrt(np.sum((unit[i] - unit[j]) ** 2) / width) >= spacing for j in chosen)
+            if far:
+                chosen.append(int(i))
+            if len(chosen) == n:
+                break
+        for i in np.argsort(-score):  # a crowded space: fill up without the spacing rule
+            if len(chosen) == n:
+                break
+            if int(i) not in chosen:
+                chosen.append(int(i))
+        return [candidates[i] for i in chosen]
 
     def tell(self, params: Sequence[dict[str, Any]], losses: Sequence[float]) -> None:
         if len(params) != len(losses):

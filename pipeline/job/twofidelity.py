@@ -1,0 +1,371 @@
+"""The two-fidelity search: hundreds of screenings, a few full evaluations.
+
+Each iteration the optimiser proposes a chunk of settings; those the latency table
+predicts far below every target are not built (recorded as skipped); the rest are
+screened (``pipeline.job.screening``: no fine-tune, seconds each). The most promising
+screenings (best screening score among those whose screened cost meets a target, spread
+over the targets of a front, and not too close to one already promoted) get a full
+evaluation (``pipeline.job.candidate``: fine-tune, measure with an interval, export).
+
+The optimiser learns from both fidelities. There is one GP per target (a front asks the
+most accurate model at each factor: one scalar loss cannot say that); each is told every
+screening's loss at its target, and every full evaluation's loss with the fine-tuned
+accuracy moved onto the screening scale (minus the median gain fine-tuning gave the
+promoted candidates so far), so a fine-tuned result lands where the GP's screenings are
+and corrects them there. Settings skipped by the table are told a loss from their
+predicted shortfall (with the baseline's accuracy: an optimistic guess the shortfall
+penalty outweighs), so the GP stops proposing them.
+
+The fixed rule's setting (calibration's uniform ratio), when there is one, is screened
+first and fully evaluated first: the search starts from the rule's answer, and its
+source says whether the winner came from the rule or from the search.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.objective import FAILED_LOSS, loss
+from hpo.optimizer import Optimizer
+from hpo.space import Categorical, Dimension
+from pipeline.job.search import SearchState
+from pipeline.records.results import CandidateResult, ScreeningResult
+from pipeline.spec import JobSpec
+
+ScreenBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
+EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
+Predict = Callable[[dict[str, Any]], float | None]
+
+SCREENS_PER_ROUND = 15  # default screenings per full evaluation (budget.screen unset)
+MIN_DISTANCE = 0.05  # RMS distance in the unit cube below which two settings are "the same"
+MAX_ASK_FACTOR = 3  # proposals asked at most per screening built (skipped ones cost nothing)
+
+
+def screening_budget(spec: JobSpec) -> int:
+    """Screenings the job may build: ``budget.screen``, or 15 per full evaluation."""
+    if spec.budget.screen is not None:
+        return spec.budget.screen
+    return SCREENS_PER_ROUND * (spec.budget.rounds or 30)
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None for fewer than 4 pairs
+    or a constant side (too few to mean anything)."""
+    if len(xs) != len(ys) or len(xs) < 4:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return None if sx == 0 or sy == 0 else sxy / (sx * sy)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def distance(a: dict[str, Any], b: dict[str, Any], dims: list[Dimension]) -> float:
+    """RMS distance of two settings in the unit cube (a differing category counts 1)."""
+    if not dims:
+        return 0.0
+    total = 0.0
+    for d in dims:
+        if isinstance(d, Categorical):
+            total += float(a.get(d.name) != b.get(d.name))
+        else:
+            span = (d.high - d.low) or 1.0
+            total += ((float(a[d.name]) - float(b[d.name])) / span) ** 2
+    return math.sqrt(total / len(dims))
+
+
+@dataclass
+class TwoFidelity:
+    """One job's two-fidelity search; ``screenings`` and ``state`` hold everything done
+    (a resumed job passes in what its records hold)."""
+
+    spec: JobSpec
+    state: SearchState
+    dims: list[Dimension]
+    baseline_accuracy: float
+    screen: ScreenBatch
+    evaluate: EvaluateBatch
+    on_screen: Callable[[list[ScreeningResult]], None]
+    on_result: Callable[[CandidateResult, bool], None]
+    predict: Predict | None = None
+    start: dict[str, Any] | None = None
+    screenings: list[ScreeningResult] = field(default_factory=list)
+    log: Callable[[str], None] = print
+    optimizers: dict[float, Optimizer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        budget = screening_budget(self.spec)
+        n_init = max(5, min(20, budget // 6))
+        history = {t: self._history(t) for t in self.state.targets}
+        self.optimizers = {
+            t: Optimizer.from_history(
+                self.dims,
+                history[t],
+                seed=self.spec.seed + i,
+                n_initial_points=n_init,
+                acq_optimizer="sampling",
+            )
+            for i, t in enumerate(self.state.targets)
+        }
+        if self.start is not None and not self.screenings:
+            self.optimizers[self.state.targets[0]].suggest(self.start)
+        # Screenings are recorded as they are made, before any is promoted: a resumed job
+        # finds which were promoted from its recorded full evaluations.
+        for result in self.state.results:
+            for row in self.screenings:
+                if row.promoted_round is None and row.params == result.params:
+                    row.promoted_round = result.round
+                    break
+        self._asked = len(self.screenings)
+        self._turn = 0
+        self._untold: dict[float, list[tuple[dict[str, Any], float]]] = {}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Search until a budget or the patience rule stops it; returns why it stopped."""
+        started = time.monotonic()
+        budget = screening_budget(self.spec)
+        rounds = self.spec.budget.rounds or 30
+        iterations = max(1, math.ceil(rounds / self.spec.budget.batch))
+        chunk = max(1, math.ceil(budget / iterations))
+        while (reason := self._should_stop(started)) is None:
+            left = budget - self.built
+            if left > 0 and self._asked < MAX_ASK_FACTOR * budget:
+                self._screen_chunk(min(chunk, left))
+            picks = self._promote(self._full_batch())
+            if not picks:
+                if self.built >= budget or self._asked >= MAX_ASK_FACTOR * budget:
+                    return "screenings spent and none left to promote"
+                continue
+            self._evaluate(picks)
+        return reason
+
+    def _should_stop(self, started: float) -> str | None:
+        b = self.spec.budget
+        done = len(self.state.results)
+        if b.rounds is not None and done >= b.rounds:
+            return f"round budget spent ({b.rounds} full evaluations)"
+        if b.minutes is not None and (time.monotonic() - started) / 60 >= b.minutes:
+            return f"time budget spent ({b.minutes:g} min)"
+        if self.state.all_met() and self.state.rounds_since_gain >= b.patience:
+            return f"target met and no gain for {self.state.rounds_since_gain} rounds"
+        return None
+
+    def _full_batch(self) -> int:
+        n = self.spec.budget.batch
+        if self.spec.budget.rounds is not None:
+            n = min(n, self.spec.budget.rounds - len(self.state.results))
+        return max(0, n)
+
+    # -- screening -----------------------------------------------------------------------
+
+    @property
+    def built(self) -> int:
+        return sum(r.status != "skipped" for r in self.screenings)
+
+    def _ask(self, n: int) -> list[dict[str, Any]]:
+        """``n`` proposals, shared out over the targets' optimisers in turn."""
+        targets = self.state.targets
+        shares = [n // len(targets) + (i < n % len(targets)) for i in range(len(targets))]
+        proposals: list[dict[str, Any]] = []
+        for t, share in zip(targets, shares, strict=True):
+            if share:
+                proposals += self.optimizers[t].ask_many(share)
+        return proposals
+
+    def _screen_chunk(self, n: int) -> None:
+        """Screen ``n`` settings; those the table skips are replaced by new proposals
+        (up to MAX_ASK_FACTOR times ``n`` asked), so the chunk builds ``n``."""
+        built, asked = 0, 0
+        while built < n and asked < MAX_ASK_FACTOR * n:
+            rows = self._screen_some(n - built)
+            built += sum(r.status != "skipped" for r in rows)
+            asked += len(rows)
+
+    def _screen_some(self, n: int) -> list[ScreeningResult]:
+        proposals = self._ask(n)
+        first = len(self.screenings) + 1
+        self._asked += len(proposals)
+        rows = [ScreeningResult(index=first + i, params=p) for i, p in enumerate(proposals)]
+        floor = self.spec.screening.skip_below * self.state.targets[0]
+        build: list[ScreeningResult] = []
+        for row in rows:
+            row.predicted = self.predict(row.params) if self.predict else None
+            if row.predicted is not None and row.predicted < floor:
+                row.status = "skipped"
+                row.error = (
+                    f"predicted speedup {row.predicted:.2f}x is below {floor:.2f}x "
+                    f"({self.spec.screening.skip_below:g} of the smallest target)"
+                )
+            else:
+                build.append(row)
+        if build:
+            screened = self.screen([r.params for r in build], build[0].index)
+            for row, data in zip(build, screened, strict=True):  # in order; skips leave gaps
+                done = ScreeningResult.from_dict({**data, "index": row.index})
+                done.predicted = row.predicted
+                rows[row.index - first] = done
+        self.screenings.extend(rows)
+        # One tell (one GP fit) per chunk: the last full evaluations ride along with it.
+        for t, opt in self.optimizers.items():
+            told = self._untold.get(t, [])
+            opt.tell(
+                [p for p, _ in told] + [r.params for r in rows],
+                [v for _, v in told] + [self._screen_loss(r, t) for r in rows],
+            )
+        self._untold = {}
+        self.on_screen(rows)
+        self._log_chunk(rows)
+        return rows
+
+    def _screen_loss(self, row: ScreeningResult, target: float) -> float:
+        if row.status == "skipped":
+            return loss(self.baseline_accuracy, row.predicted, target, self.state.floor)
+        if row.status != "ok":
+            return FAILED_LOSS
+        # No floor on screenings: accuracy before fine-tuning sits below the baseline's.
+        return loss(row.accuracy, row.achieved, target, None)
+
+    def _log_chunk(self, rows: list[ScreeningResult]) -> None:
+        ok = [r for r in rows if r.status == "ok"]
+        skipped = sum(r.status == "skipped" for r in rows)
+        failed = sum(r.status == "failed" for r in rows)
+        best = max(ok, key=lambda r: r.accuracy or 0.0, default=None)
+        line = f"screened {len(ok) + failed} settings ({skipped} skipped by the latency table"
+        line += f", {failed} failed)" if failed else ")"
+        if best is not None:
+            line += f"; best screening {best.accuracy:.4f} at {best.achieved:.2f}x"
+        self.log(f"{line}; {self.built} screened in all")
+
+    # -- promotion and full evaluation -----------------------------------------------------
+
+    def _promote(self, k: int) -> list[ScreeningResult]:
+        """Up to ``k`` screenings for a full evaluation: the rule's setting first, then,
+        target by target in turn, the best screening score whose screened cost meets the
+        target (with the timing tolerance to spare when one does), not within
+        MIN_DISTANCE of a setting already promoted."""
+        picks: list[ScreeningResult] = []
+        if k <= 0:
+            return picks
+        start_row = self._start_row()
+        if start_row is not None:
+            picks.append(start_row)
+        targets = self.state.targets
+        stalled = 0
+        while len(picks) < k and stalled < len(targets):
+            target = targets[self._turn % len(targets)]
+            self._turn += 1
+            row = self._best_for(target, picks)
+            if row is None:
+                stalled += 1
+                continue
+            stalled = 0
+            picks.append(row)
+        return picks
+
+    def _start_row(self) -> ScreeningResult | None:
+        if self.start is None or self.state.results:
+            return None
+        for row in self.screenings:
+            if row.promoted_round is None and row.params == self.start and row.status == "ok":
+                return row
+        return None
+
+    def _best_for(self, target: float, picks: list[ScreeningResult]) -> ScreeningResult | None:
+        taken = [r.params for r in self.state.results] + [r.params for r in picks]
+        fresh = [
+            r
+            for r in self.screenings
+            if r.status == "ok"
+            and r.promoted_round is None
+            and r not in picks
+            and all(distance(r.params, p, self.dims) >= MIN_DISTANCE for p in taken)
+        ]
+        spare = target * (1 + self.spec.measure.tolerance)
+        for goal in (spare, target):
+            meeting = [r for r in fresh if (r.achieved or 0.0) >= goal]
+            if meeting:
+                return max(meeting, key=lambda r: r.accuracy or 0.0)
+        return None
+
+    def _evaluate(self, picks: list[ScreeningResult]) -> None:
+        first = len(self.state.results) + 1
+        raw = self.evaluate([r.params for r in picks], first)
+        batch = [CandidateResult.from_dict(d) for d in raw]
+        for row, result in zip(picks, batch, strict=True):
+            row.promoted_round = result.round
+            result.screening_score = row.accuracy
+            result.source = "fixed rule" if row.params == self.start else "screening"
+        self.state.add(batch)
+        gap = self.fine_tune_gap()
+        for t in self.optimizers:  # told with the next chunk of screenings
+            self._untold.setdefault(t, []).extend(
+                (r.params, self._full_loss(r, t, gap)) for r in batch
+            )
+        for r in batch:
+            self.on_result(r, self.state.feasible(r))
+
+    def fine_tune_gap(self) -> float:
+        """Median of (fine-tuned - screening) accuracy over the promoted candidates."""
+        gains = [
+            r.accuracy - r.screening_score
+            for r in self.state.results
+            if r.accuracy is not None and r.screening_score is not None
+        ]
+        return statistics.median(gains) if gains else 0.0
+
+    def _full_loss(self, r: CandidateResult, target: float, gap: float) -> float:
+        if r.status != "ok" or r.accuracy is None:
+            return FAILED_LOSS
+        achieved = r.achieved(self.state.target_kind)
+        return loss(r.accuracy - gap, achieved, target, None)
+
+    def _history(self, target: float) -> list[tuple[dict[str, Any], float]]:
+        """What a resumed job's optimiser is told again: every recorded screening and
+        full evaluation, as the loop told them."""
+        gap = self.fine_tune_gap()
+        return [(r.params, self._screen_loss(r, target)) for r in self.screenings] + [
+            (r.params, self._full_loss(r, target, gap)) for r in self.state.results
+        ]
+
+    # -- the record ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """``{evaluated, skipped, failed, promoted, spearman, fine_tune_gap}``: spearman is
+        the rank correlation between screening score and fine-tuned accuracy over the
+        promoted candidates (None below 4)."""
+        pairs = [
+            (r.screening_score, r.accuracy)
+            for r in self.state.results
+            if r.status == "ok" and r.screening_score is not None and r.accuracy is not None
+        ]
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+        return {
+            "evaluated": self.built,
+            "skipped": sum(r.status == "skipped" for r in self.screenings),
+            "failed": sum(r.status == "failed" for r in self.screenings),
+            "promoted": sum(r.promoted_round is not None for r in self.screenings),
+            "spearman": None if rho is None else round(rho, 4),
+            "fine_tune_gap": round(self.fine_tune_gap(), 4),
+        }
