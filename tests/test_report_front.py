@@ -233,6 +233,9 @@ def test_no_confirmed_candidate_is_reported_but_not_met():
     assert [(w.value, w.result.round, w.met) for w in winners] == [(1.5, 1, True), (3.0, 2, False)]
     assert asked == [1, 2, 3]  # round 1 is not re-measured again for 3x (not feasible there)
     assert winners[1].confirmed == {"torch-cpu": [1.6, 2.9]}
+    # A stopped job re-measures nothing: its feasible winners are reported, none met.
+    stopped = report.choose_winners(state, report._not_remeasured)
+    assert [(w.result.round, w.met) for w in stopped] == [(1, False), (2, False)]
     # Without re-measurement (a compression target): the state's own choice.
     plain = report.choose_winners(state, None)
     assert [(w.result.round, w.met, w.confirmed) for w in plain] == [

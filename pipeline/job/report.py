@@ -96,6 +96,11 @@ def choose_winners(state: SearchState, remeasure: Remeasure | None) -> list[Winn
     return winners
 
 
+def _not_remeasured(r: CandidateResult, value: float) -> dict[str, list[float]]:
+    """No re-measurement (the job was stopped): no interval, so nothing is confirmed."""
+    return {}
+
+
 def _low(intervals: dict[str, list[float]]) -> float:
     return min((low for low, _ in intervals.values()), default=0.0)
 
@@ -134,6 +139,7 @@ def finalize(
     log=print,
     baseline_run_id: str | None = None,
     screening: dict[str, Any] | None = None,
+    confirm_winners: bool = True,
 ) -> dict[str, Any]:
     """The summary of a finished search. ``screening``: the two-fidelity search's counts
     (``{evaluated, skipped, failed, promoted, spearman}``), recorded as given. A speedup
@@ -141,7 +147,9 @@ def finalize(
     (``pipeline.job.confirm``). A list target gets one winner per target (``targets``),
     each exported under ``best/<value>x/`` and registered with the alias
     ``<kind>-<value>x``; ``best`` and ``target_met`` are then the smallest target's winner
-    and "every target met" (the CLI's exit code)."""
+    and "every target met" (the CLI's exit code). ``confirm_winners`` False (a job
+    stopping on Ctrl-C or SIGTERM, which must exit within seconds): nothing is
+    re-measured, so no speedup target is declared met (a resumed job confirms)."""
     splits = splits_for(spec)
     _, _, test_loader = splits.loaders(spec.finetune.batch_size, spec.seed)
     example = splits.example_inputs()
@@ -150,8 +158,10 @@ def finalize(
     base_test = task.measure(base_model, test_loader)
     confirmation: list[dict[str, Any]] = []
     remeasure = None
-    if spec.target.kind == "speedup":
+    if spec.target.kind == "speedup" and confirm_winners:
         remeasure = _remeasure_with(spec, base_model, example, out_dir, confirmation, log)
+    elif spec.target.kind == "speedup":
+        remeasure = _not_remeasured
     winners = choose_winners(state, remeasure)
     best = winners[0].result
     met = all(w.met for w in winners)
@@ -202,6 +212,11 @@ def finalize(
         summary["screening"] = dict(screening)
     if remeasure is not None:
         summary["confirmation"] = confirmation
+    if remeasure is _not_remeasured and best is not None:
+        summary["warnings"].append(
+            "the winner was not re-measured (the job was stopped), so no target is declared "
+            "met; resume the job to confirm it"
+        )
     if baseline_run_id:
         tracker.log_metrics(baseline_run_id, {"test_accuracy": base_test})
     labels = _won_by(spec, winners)  # round -> the targets it won ("3x"), a front only
