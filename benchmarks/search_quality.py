@@ -128,8 +128,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
             "Spread = [min-max] over seeds.",
             "",
             "| method | seeds | test acc % | vs rule (points) | speedup (re-measured) "
-            "| meets target | time (min) | full evals | McNemar p vs rule, per seed "
-            "| beyond seed spread? |",
+            "| meets target: re-measured / own | time (min) | full evals "
+            "| McNemar p vs rule, per seed | beyond seed spread? |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         rule = methods.get("rule", {})
@@ -146,16 +146,22 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
                 d = 100 * (statistics.fmean(acc) - statistics.fmean(rule_acc))
                 delta = f"{d:+.2f}"
                 noise = 100 * max(_spread(acc), _spread(rule_acc))
-                beyond = "yes" if abs(d) > noise else f"no (spread {noise:.2f})"
+                if min(len(acc), len(rule_acc)) < 2:
+                    beyond = "n/a (one seed)"
+                else:
+                    beyond = "yes" if abs(d) > noise else f"no (spread {noise:.2f})"
             pvals = []
             for s in seeds:
                 if method != "rule" and s in rule:
                     b, c, p = mcnemar(rule[s]["correct"], got[s]["correct"])
                     pvals.append(f"s{s}: {p:.2g} ({c}+/{b}-)")
             met = sum(got[s]["speedup"] >= target for s in seeds)
+            # A job that ends short of the target exits 3 and reports the closest candidate.
+            own = sum(_met_by_own_measure(got[s], target) for s in seeds)
             lines.append(
                 f"| {method} | {len(seeds)} | {_cell(acc, 100)} | {delta} | "
-                f"{_cell([got[s]['speedup'] for s in seeds], unit='x')} | {met}/{len(seeds)} | "
+                f"{_cell([got[s]['speedup'] for s in seeds], unit='x')} | "
+                f"{met}/{len(seeds)} / {own}/{len(seeds)} | "
                 f"{_cell([got[s]['seconds'] / 60 for s in seeds], digits=1)} | "
                 f"{_cell([got[s].get('evaluations', 1) for s in seeds], digits=1)} | "
                 f"{'; '.join(pvals) or '-'} | {beyond} |"
@@ -165,6 +171,16 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
     lines += ["### Acceptance (two-fidelity vs the best of rule, global, random)", ""]
     lines += verdicts or ["nothing finished yet"]
     return "\n".join(lines)
+
+
+def _met_by_own_measure(row: dict[str, Any], target: float) -> bool:
+    """The method's own verdict: a job's exit code (0: met), else its own speedup figure
+    (calibrated and bisected methods meet it by construction unless a step failed)."""
+    exit_code = (row.get("setting") or {}).get("exit")
+    if exit_code is not None:
+        return exit_code == 0
+    own = row.get("method_speedup")
+    return own is None or own >= target
 
 
 def _verdict(model: str, target: float, methods: dict[str, dict[int, dict[str, Any]]]) -> str:
@@ -192,7 +208,7 @@ def _verdict(model: str, target: float, methods: dict[str, dict[int, dict[str, A
     best_acc = [r["test_accuracy"] for r in best.values()]
     d = 100 * (statistics.fmean(two_acc) - statistics.fmean(best_acc))
     noise = 100 * max(_spread(two_acc), _spread(best_acc))
-    reached = d >= 1.0 and d > noise
+    reached = d >= 1.0 and d > noise and min(len(two_acc), len(best_acc)) >= 2
     return (
         head + f"two-fidelity {100 * statistics.fmean(two_acc):.2f}% vs best rule "
         f"({best_name}) {100 * statistics.fmean(best_acc):.2f}%: {d:+.2f} points, seed spread "

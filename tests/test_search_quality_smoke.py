@@ -77,7 +77,7 @@ def test_summary_reports_means_spread_mcnemar_and_the_verdict():
     line = next(x for x in text.splitlines() if x.startswith("| two_fidelity"))
     assert "91.00 [90.00-92.00]" in line  # mean [min-max] in percent
     assert "+10.00" in line  # against the rule's mean 81
-    assert "1/2" in line  # one seed measured below 3x
+    assert "1/2 / 2/2" in line  # one seed re-measured below 3x, none by its own figure
     assert "s0: 0.002 (10+/0-)" in line  # McNemar: 10 discordant pairs, all one way
     assert "| yes |" in line  # 10 points against a 2-point seed spread
     assert "| gp " not in text  # failed rows are left out
@@ -92,8 +92,11 @@ def test_summary_flags_a_method_worse_than_the_rule():
         _row("two_fidelity", 0, "1" * 70 + "0" * 30),
         _row("global", 0, "1" * 90 + "0" * 10),
     ]
-    verdict = summarize(rows).splitlines()[-1]
+    text = summarize(rows)
+    verdict = text.splitlines()[-1]
     assert "goal not reached" in verdict
+    # one seed has no spread to compare with: never "beyond" it
+    assert "n/a (one seed)" in next(x for x in text.splitlines() if x.startswith("| two_f"))
     assert "two_fidelity seed 0" in verdict
 
 
