@@ -102,7 +102,9 @@ def test_summary_flags_a_method_worse_than_the_rule():
 
 @pytest.mark.parametrize("model", ["resnet56", "mobilenet_v2", "shufflenet_v2"])
 def test_the_shared_job_is_a_valid_spec_at_32_px(model):
-    args = argparse.Namespace(epochs=3, pretrain_epochs=15)
+    args = argparse.Namespace(epochs=3, pretrain_epochs=15, max_ratio=["4:0.9"])
     spec = parse(sq.raw_spec(model, 4.0, 2, args))
     assert spec.data.image_size == 32 and spec.target.value == 4.0 and spec.seed == 2
     assert spec.finetune.epochs == 3 and spec.measure.threads == 1
+    assert spec.learner_options["channel"]["max_ratio"] == 0.9  # 4x: past the default 0.8
+    assert sq.raw_spec(model, 3.0, 2, args)["learner_options"]["channel"]["max_ratio"] == 0.8
