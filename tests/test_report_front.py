@@ -189,6 +189,7 @@ def test_a_front_has_one_registered_winner_per_target(tmp_path, monkeypatch):
         (2, "chosen for 3x: round 2"),
     ]
     assert plots.target_values(summary) == [1.5, 3.0]
+    assert plots.legend_label(summary, "feasible", "x") == "meets 1.5x"
     assert (out / "candidates.png").is_file() and (out / "candidates.html").is_file()
     text = report.table(summary)
     assert "at 3x: MET" in text and "@speedup-3x" in text and "screened 40 settings" in text

@@ -134,6 +134,14 @@ def target_values(summary: dict[str, Any]) -> list[float]:
     return [float(v) for v in t.get("values") or [t["value"]]]
 
 
+def legend_label(summary: dict[str, Any], category: str, label: str) -> str:
+    """A front's feasible / short points are judged at its smallest target: say which."""
+    if not summary.get("targets") or category not in ("feasible", "infeasible"):
+        return label
+    smallest = f"{min(target_values(summary)):g}x"
+    return f"meets {smallest}" if category == "feasible" else f"short of {smallest}"
+
+
 # Winner marks in turn (a front has several): colour, and each target line's dash.
 MARK_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -150,6 +158,7 @@ def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, floa
     with plt.rc_context({"font.size": 14, "axes.titlesize": 17, "axes.labelsize": 15}):
         fig, ax = plt.subplots(figsize=FIGSIZE)
         for category, (label, colour, marker, _) in STYLE.items():
+            label = legend_label(summary, category, label)
             group = [p for p in pts if p.category == category]
             shown = [p for p in group if p.drawable]
             unplaced = len(group) - len(shown)
@@ -208,6 +217,7 @@ def draw_html(summary: dict[str, Any], path: Path) -> None:
     rows = {r["round"]: r for r in summary.get("candidates", [])}
     fig = go.Figure()
     for category, (label, colour, _, symbol) in STYLE.items():
+        label = legend_label(summary, category, label)
         shown = [p for p in pts if p.category == category and p.drawable]
         if not shown:
             continue
