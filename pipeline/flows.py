@@ -22,21 +22,24 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from hpo.optimizer import Optimizer
+from hpo.space import split_namespace
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning, NothingToPrune
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
-from pipeline.job import candidate, report
+from pipeline.job import candidate, report, screening
 from pipeline.job.calibrate import calibrate
 from pipeline.job.modelfile import load_baseline
 from pipeline.job.progress import SearchProgress
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, run_search, search_space, state_for
-from pipeline.job.settings import build_learners, splits_for
+from pipeline.job.settings import build_learners, latency_settings, splits_for
+from pipeline.job.twofidelity import TwoFidelity, screening_budget
+from pipeline.measure.latency_table import LatencyTable, build_table
 from pipeline.records import storage
 from pipeline.records.board import PrefectBoard
 from pipeline.records.redact import redact_data
-from pipeline.records.results import CandidateResult
+from pipeline.records.results import CandidateResult, ScreeningResult
 from pipeline.records.tracking import Tracker
 from pipeline.runners import INTERRUPTS
 from pipeline.spec import JobSpec, parse
@@ -61,6 +64,21 @@ def evaluate_candidate(
     device = runners.device_here(spec.device, slot=round_index)
     return candidate.evaluate(
         spec, device, baseline_uri, baseline_bytes, params, round_index, workdir
+    )
+
+
+@task(name="screen-settings", cache_policy=NONE, task_run_name="screen-{first_index}")
+def screen_settings(
+    spec: JobSpec,
+    baseline_uri: str,
+    baseline_bytes: int,
+    settings: list[dict[str, Any]],
+    first_index: int,
+    workdir: str,
+) -> list[dict[str, Any]]:
+    device = runners.device_here(spec.device, slot=first_index)
+    return screening.screen_batch(
+        spec, device, baseline_uri, baseline_bytes, settings, first_index, workdir
     )
 
 
@@ -138,6 +156,12 @@ def publish(
         summary["best"]["deployable"] = uploaded.get(
             summary["best"]["deployable"], summary["best"]["deployable"]
         )
+    for entry in summary.get("targets", []):  # a front: each target's winner
+        if entry["best"]:
+            entry["best"]["deployable"] = uploaded.get(
+                entry["best"]["deployable"], entry["best"]["deployable"]
+            )
+            entry["artifacts"] = {k: uploaded.get(v, v) for k, v in entry["artifacts"].items()}
     local = out_dir / "summary.json"
     local.write_text(json.dumps(summary, indent=2))
     storage.put(local, storage.join(dest, "summary.json"))
@@ -264,23 +288,19 @@ def _search_and_report(
     rounds = spec.budget.rounds or 30
     n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
     state = state_for(spec, base.accuracy, splits.num_classes)
+    done: list[CandidateResult] = []
     if resume_run_id:
         done = results_from_history(tracker.history(resume_run_id), dims)
-        optimizer = Optimizer.from_history(
-            dims,
-            [(r.params, state.loss(r)) for r in done],
-            seed=spec.seed,
-            n_initial_points=n_init,
-        )
         state.add(done)
         _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
-    else:
-        optimizer = Optimizer(dims, seed=spec.seed, n_initial_points=n_init)
-        unreachable = _seed_with_fixed_rule(spec, optimizer, info, base, out_dir, tracker, parent)
+    start: dict[str, Any] | None = None
+    if not resume_run_id:
+        unreachable, start = _fixed_rule(spec, info, base, out_dir, tracker, parent)
         if unreachable:  # calibration proves it: stop before the search (exit 3)
             return _nothing_to_search(
                 spec, base, state, unreachable, tracker, parent, out_dir, base_run
             )
+    batch_args = {"spec": spec, "baseline_uri": base.model_path, "baseline_bytes": base.bytes}
 
     def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
         if INTERRUPTS.requested:
@@ -289,14 +309,7 @@ def _search_and_report(
         futures = [
             pool.submit(
                 evaluate_candidate,
-                {
-                    "spec": spec,
-                    "baseline_uri": base.model_path,
-                    "baseline_bytes": base.bytes,
-                    "params": p,
-                    "round_index": first + i,
-                    "workdir": workdir,
-                },
+                {**batch_args, "params": p, "round_index": first + i, "workdir": workdir},
             )
             for i, p in enumerate(proposals)
         ]
@@ -311,12 +324,30 @@ def _search_and_report(
         rows = report.candidate_rows(state, {}, state.best())
         board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))
 
+    two_fidelity = None
+    if dims and screening_budget(spec) > 0:
+        two_fidelity = _two_fidelity(
+            spec, state, dims, info, base, out_dir, pool, tracker, parent, resume_run_id, start
+        )
+        two_fidelity.evaluate, two_fidelity.on_result = evaluate_batch, on_result
+    else:
+        history = [(r.params, state.loss(r)) for r in done]
+        optimizer = Optimizer.from_history(dims, history, seed=spec.seed, n_initial_points=n_init)
+        if start is not None:
+            optimizer.suggest(start)
+
     started = time.perf_counter()
     with progress:
         try:
-            state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
+            if two_fidelity is not None:
+                reason = two_fidelity.run()
+            else:
+                state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
         except Stopped as stop:
             reason = record_stop(stop, state, on_result, pool)
+    screened = two_fidelity.summary() if two_fidelity is not None else None
+    if screened is not None:
+        _log(_screening_line(screened, state))
     _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
     final_spec = spec
     if INTERRUPTS.requested and spec.tracking.register_model:
@@ -334,6 +365,9 @@ def _search_and_report(
         out_dir,
         log=_log,
         baseline_run_id=base_run,
+        screening=screened,
+        # A stopped job exits promptly: no re-measuring (its speedup winners stay unconfirmed).
+        confirm_winners=not INTERRUPTS.requested,
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
     board.result(report.result_markdown(summary))
@@ -363,7 +397,7 @@ class Stopped(Exception):
         self.finished, self.running = finished, running
 
 
-def gather(futures: list[Any], poll: float = 0.25) -> list[dict[str, Any]]:
+def gather(futures: list[Any], poll: float = 0.25) -> list[Any]:
     """The batch's results in order; on a stop request, ``Stopped`` with those done."""
     while True:
         pending = [f for f in futures if not f.wrapped_future.done()]
@@ -388,24 +422,24 @@ def record_stop(stop: Stopped, state: SearchState, on_result: Any, pool: Any) ->
     return f"interrupted by {name}{left}"
 
 
-def _seed_with_fixed_rule(
+def _fixed_rule(
     spec: JobSpec,
-    optimizer: Optimizer,
     info: ModelInfo,
     base: baseline_mod.Baseline,
     out_dir: Path,
     tracker: Tracker | None = None,
     parent: str | None = None,
-) -> str | None:
+) -> tuple[str | None, dict[str, Any] | None]:
     """Before the search: the channel learner's groups, stages and excluded groups go to
     the log and to the job's run (``channel_survey.json``); a plain channel-pruning search
-    then starts from the best single uniform ratio. A calibration failure is recorded
-    there too, and the search goes on without that start. Returns why the target is
-    unreachable when calibration proves it (and ``force_search`` is off), else None."""
+    then starts from the best single uniform ratio (returned, namespaced, as the start).
+    A calibration failure is recorded there too, and the search goes on without that
+    start. Also returns why the target is unreachable when calibration proves it (and
+    ``force_search`` is off), else None."""
     channel = next((x for x in build_learners(spec) if isinstance(x, ChannelPruning)), None)
     if channel is None:
-        return None
-    unreachable = None
+        return None, None
+    unreachable, start = None, None
     found = channel.survey(info)
     stages = {s: [g.root for g in found.groups if g.stage == s] for s in found.stages()}
     _log(
@@ -423,12 +457,121 @@ def _seed_with_fixed_rule(
         calibration = calibrate(spec, channel, info, base.bytes, out_dir / "calibration", log=_log)
         record["calibration"] = calibration.to_dict()
         if calibration.start is not None:
-            optimizer.suggest({f"channel.{k}": v for k, v in calibration.start.items()})
+            start = {f"channel.{k}": v for k, v in calibration.start.items()}
         if calibration.unreachable and not spec.force_search:
             unreachable = calibration.outcome
     if tracker is not None and parent is not None:
         tracker.log_dict(parent, record, "channel_survey.json")
-    return unreachable
+    return unreachable, start
+
+
+def _two_fidelity(
+    spec: JobSpec,
+    state: SearchState,
+    dims: list[Any],
+    info: ModelInfo,
+    base: baseline_mod.Baseline,
+    out_dir: Path,
+    pool: Any,
+    tracker: Tracker,
+    parent: str,
+    resume_run_id: str | None,
+    start: dict[str, Any] | None,
+) -> TwoFidelity:
+    """The two-fidelity search, its screenings batched on the task runner (one task per
+    part of a chunk), recorded in the job's one ``screening`` child run; a resumed job
+    reads the screenings it recorded and does not repeat them."""
+    recorded: list[ScreeningResult] = []
+    screen_run = None
+    if resume_run_id:
+        screen_run, recorded = tracker.recorded_screenings(parent)
+        _log(f"resumed {len(recorded)} recorded screenings from run {resume_run_id}")
+    if screen_run is None:
+        screen_run = tracker.start_screening(parent)
+    parts = max(1, spec.budget.batch)
+    workdir = str(out_dir / "screening")
+
+    def screen(settings: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+        if INTERRUPTS.requested:
+            raise Stopped([], 0)
+        size = -(-len(settings) // parts)  # ceil: one task per part, in parallel
+        futures = [
+            pool.submit(
+                screen_settings,
+                {
+                    "spec": spec,
+                    "baseline_uri": base.model_path,
+                    "baseline_bytes": base.bytes,
+                    "settings": settings[i : i + size],
+                    "first_index": first + i,
+                    "workdir": workdir,
+                },
+            )
+            for i in range(0, len(settings), size)
+        ]
+        try:
+            return [row for part in gather(futures) for row in part]
+        except Stopped:  # screenings are cheap: an interrupted chunk is dropped whole
+            raise Stopped([], 0) from None
+
+    return TwoFidelity(
+        spec=spec,
+        state=state,
+        dims=dims,
+        baseline_accuracy=base.accuracy,
+        screen=screen,
+        evaluate=lambda proposals, first: [],  # set by the caller (it records rounds)
+        on_screen=lambda rows: tracker.log_screenings(screen_run, rows),
+        on_result=lambda r, feasible: None,
+        predict=_latency_predictor(spec, info, out_dir, tracker, parent),
+        start=start,
+        screenings=recorded,
+        log=_log,
+    )
+
+
+def _latency_predictor(
+    spec: JobSpec, info: ModelInfo, out_dir: Path, tracker: Tracker, parent: str
+) -> Any:
+    """A predicted speedup for any setting of a plain channel-pruning job on a speedup
+    target, from a per-unit latency table measured once (``latency_table.json``, reused
+    by a resumed run); None for other jobs (every setting is then built)."""
+    if spec.target.kind != "speedup" or spec.learners != ["channel"]:
+        return None
+    channel = next(x for x in build_learners(spec) if isinstance(x, ChannelPruning))
+    saved = out_dir / "latency_table.json"
+    if saved.is_file():
+        table = LatencyTable.from_dict(json.loads(saved.read_text()))
+    else:
+        try:
+            table = build_table(
+                channel, info, latency_settings(spec, quick=True), out_dir / "table"
+            )
+        except Exception as err:  # noqa: BLE001 - without a table every setting is built
+            _log(f"latency table failed ({type(err).__name__}: {err}); every setting is built")
+            return None
+        saved.write_text(json.dumps(table.to_dict(), indent=1))
+        tracker.log_file(parent, saved)
+        _log(
+            f"latency table: baseline {table.baseline_ms:.2f} ms, measured in "
+            f"{table.build_seconds:.0f} s; settings predicted below "
+            f"{spec.screening.skip_below:g} of the target are not built"
+        )
+    return lambda params: table.predict_speedup(split_namespace(params, "channel"))
+
+
+def _screening_line(screened: dict[str, Any], state: SearchState) -> str:
+    """What the two-fidelity search did, in one line: screened, fine-tuned, and where the
+    winner came from (the fixed rule's seed or the search)."""
+    best = state.best_feasible()
+    origin = f"the winner came from {best.source} (round {best.round})" if best else "no winner"
+    return (
+        f"two-fidelity search: screened {screened['evaluated']} settings "
+        f"({screened['skipped']} more skipped by the latency table), fine-tuned "
+        f"{len(state.results)}; screening vs fine-tuned rank correlation "
+        f"{screened['spearman'] if screened['spearman'] is not None else 'n/a (< 4 promoted)'}"
+        f"; {origin}"
+    )
 
 
 def _nothing_to_search(

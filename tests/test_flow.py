@@ -107,6 +107,8 @@ def test_failing_candidates_are_recorded_and_the_job_completes(tmp_path):
                 "50",
                 "--rounds",
                 "4",
+                "--screen",
+                "0",  # every proposal fully evaluated: the failures are rounds
                 "--no-register",
             )
         )

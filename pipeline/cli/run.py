@@ -70,7 +70,12 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="search even when calibration shows the target is out of reach",
     )
-    g.add_argument("--rounds", type=int, help="candidates to evaluate at most")
+    g.add_argument("--rounds", type=int, help="full evaluations (fine-tuned candidates) at most")
+    g.add_argument(
+        "--screen",
+        type=int,
+        help="screenings (cheap, no fine-tune) to choose the full evaluations from; 0 = off",
+    )
     g.add_argument("--minutes", type=float, help="search time budget")
     g.add_argument("--patience", type=int, help="rounds without gain once the target is met")
     g.add_argument("--parallel", type=int, help="candidates proposed and run together")
@@ -150,6 +155,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("trust_pickled_models", args.trust_pickled_models)
     put("force_search", args.force_search)
     put("budget.rounds", args.rounds)
+    put("budget.screen", args.screen)
     put("budget.minutes", args.minutes)
     put("budget.patience", args.patience)
     put("budget.batch", args.parallel)
