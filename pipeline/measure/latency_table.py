@@ -15,26 +15,29 @@ Combination rule, ``calibrated`` (the default): predicted relative latency = (pr
 every unit's relative latency) ** g, where the power g is fitted (least squares in logs)
 to the uniform settings -- every unit at each table ratio together, timed in one more
 interleaved batch. Why: units do not act alone. On resnet56 (torch-cpu, batch 32, one
-thread) the stem's group pruned alone by 0.8 cut 26% of the MACs but only 8% of the
-latency, while every stage at 0.8 together ran at 0.22 of the baseline where the plain
-product of the solo units predicted 0.43: a model shrunk everywhere gains more than
-its parts (activations that fit in cache, fewer reorders), which neither ``additive``
-(baseline minus the sum of each unit's saving alone) nor ``multiplicative`` (the plain
-product) can see. The fitted power is exact on the uniform settings, where the fixed rule
-and calibration search, and bends the rest the same way. Measured on 12 random settings
-each (benchmarks/latency_table.py; figures with the command in
-benchmarks/notes/latency_table.md), median / worst absolute error: resnet56 calibrated
-11% / 37%, multiplicative 42% / 102%, additive 36% / 64%; mobilenet_v2 calibrated 15% /
-26%, multiplicative 6% / 11%, additive 12% / 56%. No rule wins everywhere; calibrated is
-the one without a failure of 2x, so it is the default; the others stay selectable
-(``rule``) and the benchmark reports all three.
+thread) every stage at 0.8 together ran at 0.22 of the baseline where the product of the
+stages measured alone predicted 0.46 (fitted g = 1.89); a model shrunk everywhere gains
+more than its parts, which neither ``additive`` (baseline minus the sum of each unit's
+saving alone) nor ``multiplicative`` (the plain product) can see. The power is exact on
+the uniform settings, where the fixed rule and calibration search.
+
+Measured on 20 random settings per model (benchmarks/latency_table.py, command and all
+figures in benchmarks/notes/latency_table.md), median / worst absolute error of the
+predicted relative latency: resnet56 calibrated 12% / 33%, multiplicative 33% / 91%,
+additive 21% / 57%; mobilenet_v2 34% / 51%, 7% / 29%, 14% / 47%; shufflenet_v2 9% / 30%,
+6% / 24%, 16% / 43%. No rule wins everywhere: the plain product is closer on the two
+mobile networks, but on resnet56 it predicts a third slower in the median (up to 91%),
+so a screen would discard settings that meet the target; ``calibrated`` errs the other
+way (median signed error -9%, -34%, -8%: predicted faster), which costs a wasted build,
+not a lost candidate, and its worst case is the smallest. Hence the default; ``rule``
+selects the others, and a screen should keep a margin of this size around the target.
 
 Build cost: per unit, one pruned copy per ratio and one interleaved batch (baseline and
 those copies), plus the uniform batch: (units + 1) x (ratios + 1) models timed
-(warm-up + repeats) times. resnet56, 4 stages x 4 ratios, torch-cpu, batch 32, one
-thread, 3 warm-up + 15 repeats: see the note for the seconds measured;
-``LatencyTable.build_seconds`` records each table's own. Granularity ``layer`` multiplies
-the units (57 on resnet56) and the cost with them.
+(warm-up + repeats) times each. resnet56, 4 stages x 4 ratios, torch-cpu, batch 32, one
+thread, 3 warm-up + 15 repeats: 139 s measured on a 2-core machine at load 5-6 (the
+baseline ran at 283 ms there, against 128 ms on a quieter run); ``build_seconds`` records
+each table's own. Granularity ``layer`` multiplies the units (57 on resnet56) and the cost.
 """
 
 from __future__ import annotations
