@@ -540,9 +540,13 @@ def _latency_predictor(
         return None
     channel = next(x for x in build_learners(spec) if isinstance(x, ChannelPruning))
     saved = out_dir / "latency_table.json"
+    timing = latency_settings(spec, quick=True)
     if saved.is_file():
         table = LatencyTable.from_dict(json.loads(saved.read_text()))
-    else:
+        wanted = json.loads(json.dumps(channel.config.to_dict()))  # tuples as JSON lists
+        if table.settings != timing or table.learner_config != wanted:
+            saved.unlink()  # measured for another runtime, batch or learner range
+    if not saved.is_file():
         try:
             table = build_table(
                 channel, info, latency_settings(spec, quick=True), out_dir / "table"

@@ -276,7 +276,7 @@ class Screening(_Strict):
         description="validation samples (a fixed subset) a screening is scored on",
     )
     skip_below: float = Field(
-        default=0.85,
+        default=0.8,
         gt=0,
         le=1,
         description="a setting whose predicted speedup is below this share of the smallest "

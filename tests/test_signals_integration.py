@@ -145,3 +145,34 @@ def test_after_kill_9_the_server_goes_and_resume_continues(tmp_path):
     assert rounds == list(range(1, summary["rounds"]["total"] + 1))  # none run twice
     assert summary["rounds"]["total"] == 2
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_kill_9_mid_search_resumes_without_repeating_screenings(tmp_path):
+    from pipeline.records.tracking import Tracker
+
+    proc, log = start(tmp_path, "--screen", "12")
+    try:
+        servers.wait_for_line(log, ROUND_LINE, proc)  # screenings recorded, a round done
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        servers.stop_group(proc)
+    client, parent = parent_run(tmp_path)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    _, before = Tracker(client.tracking_uri, experiment).recorded_screenings(parent.info.run_id)
+    assert before, "the killed job recorded no screening"
+    resumed = servers.cli(
+        *job_args(tmp_path, "--resume", parent.info.run_id, "--rounds", "3", "--screen", "12"),
+        env={"COMPRESSFLOW_TEST_STEP_S": "0"},
+    )
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode in (0, 3), output[-3000:]
+    assert f"resumed {len(before)} recorded screenings" in output
+    _, after = Tracker(client.tracking_uri, experiment).recorded_screenings(parent.info.run_id)
+    # the recorded ones kept, none redone: one row per index, the first ones unchanged
+    assert [r.index for r in after] == list(range(1, len(after) + 1))
+    assert [r.params for r in after[: len(before)]] == [r.params for r in before]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    built = sum(r.status != "skipped" for r in after)
+    assert summary["screening"]["evaluated"] == built <= 12
+    assert summary["rounds"]["total"] == 3
