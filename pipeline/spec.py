@@ -255,6 +255,12 @@ class Measure(_Strict):
         lt=1,
         description="relative half-width of the speedup's 95% interval to stop timing at",
     )
+    pool: str | None = Field(
+        default=None,
+        description="a folder where timing pairs are pooled across jobs (identical "
+        "architectures on the same runtime, batch and threads then share one growing "
+        "measurement on this machine); default: the job run's own `measurements/`",
+    )
 
     @model_validator(mode="after")
     def _cap_above_start(self) -> Measure:
