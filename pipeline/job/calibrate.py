@@ -9,8 +9,9 @@ starts from the fixed rule's answer and can only improve on it.
 A ratio meets a speedup target when the low end of the 95% interval of its measured
 speedup, on every target runtime, reaches the target (the product's feasibility rule);
 the target is unreachable when even the largest ratio's interval lies wholly below it.
-Timings go into the job's measurement pool, so the chosen ratio's model, which round 1
-fine-tunes without changing its architecture, is not measured anew into another figure.
+Timings go into the job's measurement pool (or the shared ``measure.pool``), so the
+chosen ratio's model, which round 1 fine-tunes without changing its architecture, is not
+measured anew into another figure.
 
 Calibration is a candidate like any other: a ratio whose pruning or measurement fails is
 recorded (``Calibration.trail``, written to ``calibration.json``) and ends the bisection;
@@ -65,12 +66,13 @@ def achieved(
 ) -> Reached:
     """The candidate's figure against the target. For speedup the worst target runtime
     decides, each end of the interval separately (meeting the target means meeting it on
-    every runtime); timed with the job's pool (``workdir``'s ``../measurements``)."""
+    every runtime); timed with the job's pool (``measure.pool`` if the spec names one,
+    else ``workdir``'s ``../measurements``)."""
     if spec.target.kind == "compression":
         path = export.save_deployable(candidate, example, workdir / "calibration")
         exact = baseline_bytes / measure.file_bytes(path)
         return Reached(exact, exact, exact)
-    pool = measurement_pool(workdir)
+    pool = measurement_pool(spec, workdir)
     timings = []
     for runtime in spec.target.runtimes:
         settings = latency_settings(spec, runtime, quick=True)

@@ -34,14 +34,19 @@ from pipeline.records import storage
 from pipeline.records.results import CandidateResult
 from pipeline.spec import JobSpec
 
-# The job's pooled timing pairs: beside ``rounds/`` and ``calibration/`` in its output
-# folder, so calibration, every round and the confirmation share one pool.
+# The job's pooled timing pairs when the spec names no shared pool: beside ``rounds/``
+# and ``calibration/`` in its output folder, so calibration, every round and the
+# confirmation share one pool.
 MEASUREMENTS_FOLDER = "measurements"
 
 
-def measurement_pool(workdir: str | Path) -> measure.MeasurementPool:
-    """The pool of the job whose work folder (``<out>/rounds``, ``<out>/calibration``,
-    ...) is ``workdir``: ``<out>/measurements``."""
+def measurement_pool(spec: JobSpec, workdir: str | Path) -> measure.MeasurementPool:
+    """Where the job whose work folder (``<out>/rounds``, ``<out>/calibration``, ...) is
+    ``workdir`` pools its timing pairs: the spec's ``measure.pool`` folder, shared with
+    every job that names it (a later job reuses and extends earlier jobs' pairs of the
+    same models), or else the job's own ``<out>/measurements``."""
+    if spec.measure.pool:
+        return measure.MeasurementPool(Path(spec.measure.pool).expanduser())
     return measure.MeasurementPool(Path(workdir).parent / MEASUREMENTS_FOLDER)
 
 
@@ -109,7 +114,7 @@ def evaluate(
         result.deployable_path = str(deployable)
         result.bytes = measure.file_bytes(deployable)
         result.compression = baseline_bytes / result.bytes
-        pool = measurement_pool(workdir)
+        pool = measurement_pool(spec, workdir)
         for runtime in spec.target.runtimes:
             settings = latency_settings(spec, runtime)
             timing = measure.compare_latency(baseline, model, example, settings, out, pool)

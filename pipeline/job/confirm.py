@@ -4,8 +4,9 @@ A candidate was chosen on the speedup measured in its own round, and the best of
 noisy figures is biased upwards (the winner's curse: on this machine one pruned model
 measured 1.84x to 3.05x in different jobs). So the preferred candidate is re-measured
 with fresh pairs on every target runtime (adaptive, as in its round; the new pairs also
-go into the job's pool) and declared only if the low end of the re-measured 95%
-interval still reaches the target on each; otherwise the next candidate is tried.
+go into the job's pool, or the shared ``measure.pool``) and declared only if the low end
+of the re-measured 95% interval still reaches the target on each; otherwise the next
+candidate is tried.
 File sizes are exact: a compression target is confirmed by its recorded figure.
 """
 
@@ -58,14 +59,15 @@ def confirm(
     """The first of ``candidates`` (best first) whose re-measured speedup interval's low
     end reaches ``target`` (default: the spec's) on every target runtime. ``workdir``:
     a folder in the job's output folder (e.g. ``<out>/confirmation``), so the pool is
-    the job's ``<out>/measurements``. A candidate that cannot be loaded or timed is
-    recorded and passed over, as is one without a saved model."""
+    the job's ``<out>/measurements`` (or the shared ``measure.pool``). A candidate that
+    cannot be loaded or timed is recorded and passed over, as is one without a saved
+    model."""
     goal = spec.target.value if target is None else float(target)
     kind = spec.target.kind
     found = Confirmation(confirmed=None, target=goal, kind=kind)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    pool = measurement_pool(workdir)
+    pool = measurement_pool(spec, workdir)
     for candidate in candidates:
         check: dict[str, Any] = {"round": candidate.round}
         found.checks.append(check)

@@ -136,7 +136,7 @@ def _cost(
             return baseline_bytes / measure.file_bytes(path)
         # Pooled: settings that prune to the same widths share one measurement, which
         # the full evaluation of a promoted one extends rather than redraws.
-        pool = measurement_pool(work)
+        pool = measurement_pool(spec, work)
         return measure.compare_latency(baseline, model, example, timing, folder, pool).speedup
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,16 +5,22 @@ A speedup rests on timed *pairs*: one baseline run and one candidate run, back t
 Jobs on this shared machine measured one and the same pruned ResNet-56 at 1.84x to 3.05x
 (issue 10): a single number hides that. Here every speedup gets a 95% interval, timing
 goes on until the interval is narrow enough (or a cap is hit), and models with the same
-architecture pool their pairs instead of each drawing a new, different number.
+architecture pool their pairs instead of each drawing a new, different number: within a
+job, or across every job that names one pool folder (``measure.pool``), keyed also by
+the machine and the software versions that time them.
 
 Nothing here times anything: ``pipeline.measure.compare_latency`` does, with these parts.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import math
+import platform
+import socket
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -109,6 +115,42 @@ def architecture_key(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _processor_model() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; ``platform`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def timing_environment(runtime: str) -> str:
+    """Where and with what a comparison on ``runtime`` is timed: the machine (host name
+    and CPU model; the GPU's name on a GPU runtime) and the versions of the software that
+    runs the models (torch; onnxruntime for its runtime). Why in the pool's key: a pool
+    folder shared by jobs (``measure.pool``) may sit on a network disk that several
+    machines mount, or outlive an upgrade, and pairs timed on another machine or by
+    another kernel library are another measurement, not more of the same one."""
+    parts = [f"host={socket.gethostname()}", f"cpu={_processor_model()}"]
+    parts.append(f"torch={torch.__version__}")
+    if runtime.startswith("onnxruntime"):
+        parts.append(f"onnxruntime={_package_version('onnxruntime')}")
+    if runtime.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.cuda.current_device())
+        parts.append(f"gpu={gpu}|cuda={torch.version.cuda}")
+    return ";".join(parts)
+
+
 def pool_key(
     baseline: nn.Module,
     candidate: nn.Module,
@@ -118,12 +160,14 @@ def pool_key(
     threads: int,
 ) -> str:
     """What makes two comparisons the same measurement: both architectures, the input's
-    shape and dtype, and where and how they are timed. Readable runtime first."""
+    shape and dtype, how they are timed, and the machine and software that time them
+    (``timing_environment``). Readable runtime first."""
     digest = hashlib.sha256()
     for part in (
         architecture_key(baseline),
         architecture_key(candidate),
         f"{tuple(example_inputs.shape[1:])}:{example_inputs.dtype}",
+        timing_environment(runtime),
     ):
         digest.update(part.encode())
     return f"{runtime}-b{batch_size}-t{threads}-{digest.hexdigest()[:24]}"
