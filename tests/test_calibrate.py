@@ -1,3 +1,5 @@
+import pytest
+
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
 from learners.formats import export
@@ -62,11 +64,15 @@ def test_bisection_picks_the_smallest_ratio_meeting_a_speedup_target(tmp_path, m
     assert smallest - step < chosen <= smallest + 0.02
 
 
-def test_a_speedup_is_measured_on_every_runtime_and_the_worst_one_counts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_speedup_is_measured_on_every_runtime_and_the_worst_one_counts(
+    tmp_path, monkeypatch, shared
+):
+    pool_folder = str(tmp_path / "shared-pool") if shared else None
     spec = parse(
         {
             "target": {"speedup": 2.0, "also_on": ["onnxruntime-cpu"]},
-            "measure": {"batch_size": 4, "repeats": 12},
+            "measure": {"batch_size": 4, "repeats": 12, "pool": pool_folder},
         }
     )
     measured = []
@@ -88,7 +94,9 @@ def test_a_speedup_is_measured_on_every_runtime_and_the_worst_one_counts(tmp_pat
     # the worst runtime's figure, and each end of the interval at its worst
     assert (got.value, got.low, got.high) == (2.5, 2.4, 2.6)
     assert [s.runtime for s in measured] == ["torch-cpu", "onnxruntime-cpu"]
-    assert pools == [tmp_path / "measurements"] * 2  # the job's pool, shared with rounds
+    # the job's pool, shared with rounds; or the pool shared across jobs when named
+    expected = tmp_path / ("shared-pool" if shared else "measurements")
+    assert pools == [expected] * 2
     # Calibration probes are timed with fewer repeats than the search's candidates.
     assert all(s.batch_size == 4 and s.repeats == 6 for s in measured)
 

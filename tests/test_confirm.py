@@ -16,7 +16,7 @@ import pytest
 from learners.base import Context, ModelInfo
 from learners.chain import chain_space
 from pipeline import measure
-from pipeline.job.candidate import MEASUREMENTS_FOLDER, compress, evaluate
+from pipeline.job.candidate import MEASUREMENTS_FOLDER, compress, evaluate, measurement_pool
 from pipeline.job.confirm import confirm
 from pipeline.job.modelfile import load_baseline, save_baseline, save_candidate
 from pipeline.job.settings import build_learners, splits_for
@@ -26,7 +26,7 @@ from pipeline.spec import parse
 from tests.helpers import tiny_cnn
 
 
-def job(tmp_path: Path, target: dict):
+def job(tmp_path: Path, target: dict, pool: str | None = None, output: str = "out"):
     return parse(
         {
             "model": "tests.helpers:tiny_cnn",
@@ -34,8 +34,14 @@ def job(tmp_path: Path, target: dict):
             "target": target,
             "learners": ["channel"],
             "finetune": {"epochs": 1},
-            "measure": {"batch_size": 4, "repeats": 10, "max_repeats": 40, "warmup": 0},
-            "output": str(tmp_path / "out"),
+            "measure": {
+                "batch_size": 4,
+                "repeats": 10,
+                "max_repeats": 40,
+                "warmup": 0,
+                "pool": pool,
+            },
+            "output": str(tmp_path / output),
         }
     )
 
@@ -194,6 +200,52 @@ def test_a_rounds_speedups_carry_intervals_from_the_jobs_pool(saved, monkeypatch
     assert low <= result["speedups"]["torch-cpu"] <= high and low < 1.7 < high
     stored = list((run / MEASUREMENTS_FOLDER).glob("*.pairs.jsonl"))
     assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
+
+
+def test_the_pool_is_the_runs_own_folder_unless_the_spec_names_a_shared_one(tmp_path):
+    own = measurement_pool(job(tmp_path, {"speedup": 1.5}), tmp_path / "run" / "rounds")
+    assert own.folder == tmp_path / "run" / MEASUREMENTS_FOLDER
+    shared = job(tmp_path, {"speedup": 1.5}, pool=str(tmp_path / "shared"))
+    for work in ("rounds", "calibration", "confirmation", "screening"):
+        assert measurement_pool(shared, tmp_path / "run" / work).folder == tmp_path / "shared"
+
+
+def test_two_jobs_naming_one_pool_share_a_rounds_measurement(saved, monkeypatch):
+    """Two jobs (their own output and run folders) evaluate the same setting: the second
+    reuses the first's pairs from the shared folder instead of drawing its own figure,
+    and neither writes pairs into its run's own folder."""
+    _, _, _, run, c = saved
+    clock = SizedClock({})
+    clock.truth = _AnySize(1.7)
+    monkeypatch.setattr(measure, "time_samples", clock.time_samples)
+    monkeypatch.setattr(measure, "make_runner", clock.make_runner)
+    shared = run.parent / "shared-pool"
+    baseline_uri = str(run / "baseline" / "model.safetensors")
+    results, timed = [], []
+    for name in ("job-a", "job-b"):
+        spec = job(run.parent, {"speedup": 1.5}, pool=str(shared), output=name)
+        work = run.parent / name / "rounds"
+        results.append(evaluate(spec, "cpu", baseline_uri, 1, c["narrow"][0].params, 1, str(work)))
+        timed.append(clock.timed)
+        assert not (run.parent / name / MEASUREMENTS_FOLDER).exists()
+    first, second = results
+    assert first["status"] == second["status"] == "ok", (first["error"], second["error"])
+    assert timed[0] > 0 and timed[1] == timed[0]  # the second job timed nothing
+    stored = list(shared.glob("*.pairs.jsonl"))
+    assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
+    assert second["speedups"] == first["speedups"]  # one pooled figure, not a new draw
+    assert second["speedup_intervals"] == first["speedup_intervals"]
+
+
+def test_a_confirmation_adds_its_fresh_pairs_to_the_shared_pool(saved, monkeypatch):
+    _, baseline, example, run, c = saved
+    spec = job(run, {"speedup": 1.5}, pool=str(run.parent / "shared-pool"))
+    clock = fake_clock(monkeypatch, {c["narrow"][1]: 1.8})
+    found = confirm(spec, baseline, [c["narrow"][0]], example, run / "confirmation", print)
+    assert found.confirmed is c["narrow"][0]
+    stored = list((run.parent / "shared-pool").glob("*.pairs.jsonl"))
+    assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
+    assert not (run / MEASUREMENTS_FOLDER).exists()
 
 
 class _AnySize(dict):

@@ -161,6 +161,30 @@ def test_identical_architectures_share_a_key_and_different_ones_do_not():
     assert architecture_key(OnnxModule(b"graph one")) != architecture_key(OnnxModule(b"two"))
 
 
+def test_the_pool_key_separates_machines_and_software_versions(monkeypatch):
+    """A pool folder shared by jobs may be mounted by several machines or outlive an
+    upgrade: pairs timed elsewhere, or by other versions, must not join the same key."""
+    a, b, x = TinyNet(), TinyNet(width=6), example_inputs()
+
+    def key(runtime="torch-cpu"):
+        return noise.pool_key(a, b, x, runtime, 32, 1)
+
+    here, here_onnx = key(), key("onnxruntime-cpu")
+    assert key() == here  # stable on one machine
+    monkeypatch.setattr(noise.socket, "gethostname", lambda: "another-host")
+    assert key() != here
+    monkeypatch.undo()
+    monkeypatch.setattr(noise, "_processor_model", lambda: "Another CPU @ 1.0GHz")
+    assert key() != here
+    monkeypatch.undo()
+    monkeypatch.setattr(noise.torch, "__version__", "0.0.1")
+    assert key() != here and key("onnxruntime-cpu") != here_onnx
+    monkeypatch.undo()
+    # onnxruntime's version splits onnxruntime's pairs only (torch does not run it)
+    monkeypatch.setattr(noise, "_package_version", lambda name: "0.0.1")
+    assert key("onnxruntime-cpu") != here_onnx and key() == here
+
+
 def test_an_identical_architecture_gets_the_pooled_figure_from_another_pool_object(tmp_path, clock):
     settings = measure.LatencySettings(repeats=10, max_repeats=60, tolerance=0.03)
     base = TinyNet()
