@@ -73,15 +73,11 @@ class Optimizer:
 
     def ask(self, n: int = 1) -> list[dict[str, Any]]:
         """Propose ``n`` settings (a batch uses skopt's constant-liar strategy)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if self._sk is None:
-            return [{} for _ in range(n)]
-        queued, self._suggested = self._suggested[:n], self._suggested[n:]
-        rest = n - len(queued)
-        if rest == 0:
+        queued, rest = self._queued(n)
+        sk = self._sk
+        if not rest or sk is None:
             return queued
-        points = [self._sk.ask()] if rest == 1 else self._sk.ask(n_points=rest, strategy="cl_max")
+        points = [sk.ask()] if rest == 1 else sk.ask(n_points=rest, strategy="cl_max")
         return queued + [self._as_params(p) for p in points]
 
     def ask_many(self, n: int, pool: int = 2000, spacing: float = 0.05) -> list[dict[str, Any]]:
@@ -90,20 +86,25 @@ class Optimizer:
         those already picked. For large batches (screenings): skopt's constant-liar
         ``ask(n)`` refits the GP once per point, seconds each, minutes per batch here.
         Before the GP has its initial points, they are skopt's own random draws."""
+        queued, rest = self._queued(n)
+        sk = self._sk
+        if not rest or sk is None:
+            return queued
+        if not sk.models:  # still in its random initial phase: no GP fitted yet
+            points = [sk.ask()] if rest == 1 else sk.ask(n_points=rest)
+        else:
+            points = self._by_expected_improvement(rest, pool, spacing)
+        return queued + [self._as_params(p) for p in points]
+
+    def _queued(self, n: int) -> tuple[list[dict[str, Any]], int]:
+        """The first of ``n`` proposals: suggested points waiting (or, with no dimensions,
+        ``n`` empty ones), and how many the optimiser must still propose."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if self._sk is None:
-            return [{} for _ in range(n)]
+            return [{} for _ in range(n)], 0
         queued, self._suggested = self._suggested[:n], self._suggested[n:]
-        rest = n - len(queued)
-        if rest == 0:
-            return queued
-        if not self._sk.models:  # still in its random initial phase: no GP fitted yet
-            points = [self._sk.ask()] if rest == 1 else self._sk.ask(n_points=rest)
-            return queued + [self._as_params(p) for p in points]
-        return queued + [
-            self._as_params(p) for p in self._by_expected_improvement(rest, pool, spacing)
-        ]
+        return queued, n - len(queued)
 
     def _by_expected_improvement(self, n: int, pool: int, spacing: float) -> list[list[Any]]:
         import numpy as np
