@@ -506,8 +506,6 @@ def run_job(s: Setup, screen: int) -> dict[str, Any]:
     """A compressflow job on the same baseline file, searching for ``--minutes``."""
     import yaml
 
-    from pipeline.job.modelfile import load_saved
-
     folder = s.workdir / ("gp" if screen == 0 else "two_fidelity")
     folder.mkdir(parents=True, exist_ok=True)
     raw = json.loads(json.dumps(s.raw))
@@ -522,35 +520,45 @@ def run_job(s: Setup, screen: int) -> dict[str, Any]:
         "register_model": False,
     }
     raw["output"] = str(folder / "out")
-    job = folder / "job.yaml"
-    job.write_text(yaml.safe_dump(raw, sort_keys=False))
-    summary_path = folder / "summary.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    started = time.perf_counter()
-    with (folder / "log.txt").open("w") as log:
-        proc = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "compressflow"), "run", "--job", str(job),
-             "--summary-json", str(summary_path)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
-    seconds = time.perf_counter() - started
+    job, summary_path = folder / "job.yaml", folder / "summary.json"
+    text = yaml.safe_dump(raw, sort_keys=False)
+    if finished_before(job, summary_path, text):
+        # The same job already finished here (its scoring failed or was stopped): reuse it.
+        seconds = summary_path.stat().st_mtime - job.stat().st_mtime
+        exit_code = None
+    else:
+        summary_path.unlink(missing_ok=True)
+        job.write_text(text)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        started = time.perf_counter()
+        with (folder / "log.txt").open("w") as log:
+            exit_code = subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "compressflow"), "run", "--job", str(job),
+                 "--summary-json", str(summary_path)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+            ).returncode  # fmt: skip
+        seconds = time.perf_counter() - started
     if not summary_path.exists():
-        raise RuntimeError(f"job exited {proc.returncode} without a summary (see {folder})")
+        raise RuntimeError(f"job exited {exit_code} without a summary (see {folder})")
     summary = json.loads(summary_path.read_text())
+    if exit_code is None:
+        exit_code = 0 if summary.get("target_met") else 3
     best = summary.get("best") or {}
     # The winner's files: the summary's artifacts (best.model_path in some versions).
     path = (summary.get("artifacts") or {}).get("best_model") or best.get("model_path")
     if not path:
-        raise RuntimeError(f"job exited {proc.returncode} with no winner (see {folder})")
+        raise RuntimeError(f"job exited {exit_code} with no winner (see {folder})")
     return {
-        "model_obj": load_saved(path).eval(),
+        # Rebuilt with this process's spec: the job's job.json may carry fields that a
+        # spec module loaded before they were added would refuse.
+        "model_obj": load_winner(s, path),
         "seconds": seconds,
         "evaluations": summary.get("rounds", {}).get("total"),
         "method_speedup": best.get("speedup"),
         "val_accuracy": best.get("accuracy"),
         "setting": {
             **(best.get("params") or {}),
-            "exit": proc.returncode,
+            "exit": exit_code,
             "stop_reason": summary.get("stop_reason"),
             "screening": summary.get("screening"),
             "job_test_accuracy": best.get("test_accuracy"),
@@ -559,6 +567,16 @@ def run_job(s: Setup, screen: int) -> dict[str, Any]:
             "rounds": summary.get("rounds"),
         },
     }
+
+
+def finished_before(job: Path, summary: Path, text: str) -> bool:
+    """Whether ``job`` (with exactly ``text``) already ran to its ``summary``."""
+    return (
+        job.exists()
+        and summary.exists()
+        and job.read_text() == text
+        and summary.stat().st_mtime > job.stat().st_mtime
+    )
 
 
 def score(s: Setup, model) -> dict[str, Any]:

@@ -108,3 +108,17 @@ def test_the_shared_job_is_a_valid_spec_at_32_px(model):
     assert spec.finetune.epochs == 3 and spec.measure.threads == 1
     assert spec.learner_options["channel"]["max_ratio"] == 0.9  # 4x: past the default 0.8
     assert sq.raw_spec(model, 3.0, 2, args)["learner_options"]["channel"]["max_ratio"] == 0.8
+
+
+def test_a_finished_job_is_reused_only_with_the_same_text_and_a_newer_summary(tmp_path):
+    import os
+
+    job, summary = tmp_path / "job.yaml", tmp_path / "summary.json"
+    assert not sq.finished_before(job, summary, "a")
+    job.write_text("a")
+    summary.write_text("{}")
+    os.utime(job, (1000, 1000))
+    assert sq.finished_before(job, summary, "a")
+    assert not sq.finished_before(job, summary, "b")  # other settings: run again
+    os.utime(summary, (10, 10))
+    assert not sq.finished_before(job, summary, "a")  # summary of an earlier run
