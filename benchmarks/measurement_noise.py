@@ -1,6 +1,7 @@
-"""The same models measured in separate jobs, before and after speedups knew their noise.
+"""The same models measured in separate jobs: before speedups knew their noise, after,
+and with one pool shared by every job.
 
-    .venv/bin/python benchmarks/measurement_noise.py --jobs 5 \\
+    .venv/bin/python benchmarks/measurement_noise.py --jobs 6 \\
         --notes benchmarks/notes/measurement_noise.md
 
 Issue 10 found one pruned ResNet-56 measured at 1.84x to 3.05x in different jobs here,
@@ -14,12 +15,18 @@ batch 32, one thread:
   (its 95% interval is printed too, though jobs did not have one);
 - after: ``compare_latency`` as jobs now call it: 15 pairs, then more up to 60 while the
   interval's relative half-width exceeds 3% (``measure.max_repeats``/``tolerance``
-  defaults), each job with its own fresh pool, as each job's output folder has.
+  defaults), each job with its own fresh pool, as each job's output folder has;
+- shared: as after, but every job uses one pool folder (``measure.pool``), empty when the
+  benchmark starts: a later job reuses the pairs of earlier ones and times more only while
+  the pooled interval is too wide and below the cap; its figure is the pooled one.
 
-Jobs alternate (before 1, after 1, before 2, ...) so that the machine's load falls on
-both modes alike. Printed: every job's speedup, interval and pairs; per mode the spread
-(max/min of the jobs' speedups) and whether every job's interval contains the median of
-all jobs (both modes together: the best estimate there is of the true figure).
+Jobs alternate (before 1, after 1, shared 1, before 2, ...) so that the machine's load
+falls on every mode alike. Printed: every job's speedup, interval, pairs (and how many
+were reused from the pool); per mode the spread (max/min of the jobs' speedups) and
+whether every job's interval contains the median of the independent jobs (before and
+after together: the best estimate there is of the true figure). Shared jobs are left out
+of that median: they are not independent draws, and counting one pooled figure six times
+would pull the reference towards itself.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("before", "after")
+MODES = ("before", "after", "shared")
+INDEPENDENT = ("before", "after")  # each job its own draw: these set the reference
 COMPARISONS = ("pruned", "unpruned")
 
 
@@ -49,7 +57,9 @@ def child(mode: str, ratio: float, pool_dir: Path) -> dict:
     from learners.base import ModelInfo
     from learners.channel import ChannelPruning
     from pipeline import measure
+    from pipeline.job.candidate import measurement_pool
     from pipeline.sources.zoo import build
+    from pipeline.spec import parse
 
     torch.manual_seed(0)
     model = build("resnet56", num_classes=10, in_channels=1).eval()
@@ -65,7 +75,10 @@ def child(mode: str, ratio: float, pool_dir: Path) -> dict:
         settings = measure.LatencySettings(
             "torch-cpu", 32, 1, 3, repeats=15, max_repeats=60, tolerance=0.03
         )
-        pool = measure.MeasurementPool(pool_dir)
+        # Chosen as a job chooses it: the spec's measure.pool (shared) or the run's own.
+        shared = str(pool_dir) if mode == "shared" else None
+        spec = parse({"target": {"speedup": 3.0}, "measure": {"pool": shared}})
+        pool = measurement_pool(spec, pool_dir / "rounds")
     out: dict = {"mode": mode, "load": os.getloadavg()[0]}
     for name, candidate in (("pruned", pruned), ("unpruned", same)):
         started = time.perf_counter()
@@ -75,6 +88,7 @@ def child(mode: str, ratio: float, pool_dir: Path) -> dict:
             "low": t.low,
             "high": t.high,
             "pairs": t.pairs,
+            "reused": t.reused,
             "baseline_ms": t.baseline_ms,
             "candidate_ms": t.candidate_ms,
             "seconds": time.perf_counter() - started,
@@ -84,24 +98,18 @@ def child(mode: str, ratio: float, pool_dir: Path) -> dict:
 
 def run_jobs(jobs: int, ratio: float) -> list[dict]:
     results = []
-    for job in range(1, jobs + 1):
-        for mode in MODES:
-            with tempfile.TemporaryDirectory() as pool_dir:  # each job its own pool
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    mode,
-                    "--ratio",
-                    str(ratio),
-                    "--pool",
-                    pool_dir,
-                ]
-                done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["job"] = job
-            results.append(result)
-            print(_row(result), flush=True)
+    with tempfile.TemporaryDirectory() as shared_dir:  # one pool for every shared job
+        for job in range(1, jobs + 1):
+            for mode in MODES:
+                with tempfile.TemporaryDirectory() as own_dir:  # or each job its own pool
+                    pool_dir = shared_dir if mode == "shared" else own_dir
+                    cmd = [sys.executable, __file__, "--child", mode, "--ratio", str(ratio)]
+                    cmd += ["--pool", pool_dir]
+                    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result["job"] = job
+                results.append(result)
+                print(_row(result), flush=True)
     return results
 
 
@@ -109,9 +117,10 @@ def _row(r: dict) -> str:
     cells = [str(r["job"]), r["mode"], f"{r['load']:.1f}"]
     for name in COMPARISONS:
         m = r[name]
+        reused = f", {m['reused']} reused" if m.get("reused") else ""
         cells.append(
-            f"{m['speedup']:.3f}x [{m['low']:.3f}, {m['high']:.3f}] ({m['pairs']} pairs, "
-            f"{m['seconds']:.0f} s)"
+            f"{m['speedup']:.3f}x [{m['low']:.3f}, {m['high']:.3f}] ({m['pairs']} pairs"
+            f"{reused}, {m['seconds']:.0f} s)"
         )
     return "| " + " | ".join(cells) + " |"
 
@@ -119,12 +128,16 @@ def _row(r: dict) -> str:
 def summary(results: list[dict]) -> list[str]:
     lines = []
     for name in COMPARISONS:
-        everyone = statistics.median(r[name]["speedup"] for r in results)
-        lines.append(f"**{name}** (median of all {len(results)} jobs: {everyone:.3f}x)")
+        independent = [r[name]["speedup"] for r in results if r["mode"] in INDEPENDENT]
+        everyone = statistics.median(independent)
+        lines.append(
+            f"**{name}** (median of the {len(independent)} independent jobs, "
+            f"{' and '.join(INDEPENDENT)}: {everyone:.3f}x)"
+        )
         lines.append("")
         lines.append(
             "| mode | jobs' speedups min-max | spread (max/min) | median half-width | "
-            "intervals containing the all-jobs median |"
+            "intervals containing that median |"
         )
         lines.append("|---|---|---|---|---|")
         for mode in MODES:
@@ -168,7 +181,8 @@ def main() -> None:
     print("\n" + "\n".join(lines))
     if args.notes:
         section = [
-            "## Measurement noise: one model in separate jobs, before and after intervals",
+            "## Measurement noise: one model in separate jobs, before and after intervals, "
+            "and with a shared pool",
             "",
             f"`{command}` — run {started:%Y-%m-%d %H:%M %Z}, {minutes:.0f} min, "
             f"on {os.cpu_count()} CPUs shared with other work (load column: 1-minute "
@@ -178,8 +192,9 @@ def main() -> None:
             f"ratio of {args.ratio} and the unpruned model (a copy) against the baseline; "
             "torch-cpu, batch 32, one thread. Before: fixed 15 interleaved pairs (the 15 "
             "pairs' 95% interval shown, though jobs had none). After: 15 pairs, then up to 60 "
-            "while the interval is wider than +-3%. Each cell: speedup [95% interval] "
-            "(pairs, seconds).",
+            "while the interval is wider than +-3%, each job its own fresh pool. Shared: as "
+            "after, but all jobs use one pool folder, empty at the start. Each cell: "
+            "speedup [95% interval] (pairs, of which reused from the pool, seconds).",
             "",
             *header,
             *(_row(r) for r in results),
