@@ -133,7 +133,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         rule = methods.get("rule", {})
-        rule_acc = [r["test_accuracy"] for r in rule.values()]
         for method in METHODS:
             got = methods.get(method)
             if not got:
@@ -142,11 +141,15 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
             acc = [got[s]["test_accuracy"] for s in seeds]
             delta = "-"
             beyond = "-"
-            if method != "rule" and rule_acc:
-                d = 100 * (statistics.fmean(acc) - statistics.fmean(rule_acc))
-                delta = f"{d:+.2f}"
-                noise = 100 * max(_spread(acc), _spread(rule_acc))
-                if min(len(acc), len(rule_acc)) < 2:
+            paired = [x for x in seeds if x in rule]  # differences over the shared seeds
+            if method != "rule" and paired:
+                mine = [got[x]["test_accuracy"] for x in paired]
+                theirs = [rule[x]["test_accuracy"] for x in paired]
+                d = 100 * (statistics.fmean(mine) - statistics.fmean(theirs))
+                short = f" ({len(paired)} seeds)" if len(paired) < len(seeds) else ""
+                delta = f"{d:+.2f}{short}"
+                noise = 100 * max(_spread(mine), _spread(theirs))
+                if len(paired) < 2:
                     beyond = "n/a (one seed)"
                 else:
                     beyond = "yes" if abs(d) > noise else f"no (spread {noise:.2f})"
@@ -201,11 +204,17 @@ def _verdict(model: str, target: float, methods: dict[str, dict[int, dict[str, A
     rivals = {m: methods[m] for m in RULES if methods.get(m)}
     if not two or not rivals:
         return head + "two-fidelity or the rules not run; " + worse_text
-    best_name, best = max(
-        rivals.items(), key=lambda kv: statistics.fmean(r["test_accuracy"] for r in kv[1].values())
-    )
-    two_acc = [r["test_accuracy"] for r in two.values()]
-    best_acc = [r["test_accuracy"] for r in best.values()]
+    # Only the seeds every one of them finished: means over the same baselines and splits.
+    shared = set(two).intersection(*(set(got) for got in rivals.values()))
+    if not shared:
+        return head + "no seed where two-fidelity and every rule finished; " + worse_text
+
+    def mean(got: dict[int, dict[str, Any]]) -> float:
+        return statistics.fmean(got[x]["test_accuracy"] for x in shared)
+
+    best_name, best = max(rivals.items(), key=lambda kv: mean(kv[1]))
+    two_acc = [two[x]["test_accuracy"] for x in sorted(shared)]
+    best_acc = [best[x]["test_accuracy"] for x in sorted(shared)]
     d = 100 * (statistics.fmean(two_acc) - statistics.fmean(best_acc))
     noise = 100 * max(_spread(two_acc), _spread(best_acc))
     reached = d >= 1.0 and d > noise and min(len(two_acc), len(best_acc)) >= 2

@@ -70,6 +70,9 @@ def test_summary_reports_means_spread_mcnemar_and_the_verdict():
         _row("two_fidelity", 0, "1" * 90 + "0" * 10),
         _row("two_fidelity", 1, "1" * 92 + "0" * 8, speedup=2.9),
         _row("random", 0, "1" * 81 + "0" * 19),
+        _row("random", 1, "1" * 83 + "0" * 17),
+        _row("global", 0, "1" * 70 + "0" * 30),
+        _row("global", 1, "1" * 72 + "0" * 28),
         {"model": "tiny", "target": 3.0, "seed": 2, "method": "gp", "status": "failed"},
     ]
     text = summarize(rows)
@@ -82,8 +85,11 @@ def test_summary_reports_means_spread_mcnemar_and_the_verdict():
     assert "| yes |" in line  # 10 points against a 2-point seed spread
     assert "| gp " not in text  # failed rows are left out
     verdict = text.splitlines()[-1]
-    assert "goal REACHED" in verdict and "best rule (rule)" in verdict
-    assert "worse than the rule by McNemar: none" in verdict
+    assert "goal REACHED" in verdict and "best rule (random)" in verdict
+    assert "+9.00 points" in verdict  # 91 against random's 82, over seeds 0 and 1
+    # global lost 10 images on each seed, all where the rule was right
+    assert "worse than the rule by McNemar: global seed 0 (p=0.002)" in verdict
+    assert "two_fidelity seed" not in verdict
 
 
 def test_summary_flags_a_method_worse_than_the_rule():
