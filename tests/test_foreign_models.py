@@ -41,6 +41,12 @@ from tests.foreign_models import (
 )
 
 MAX_DROP = 0.05  # the default max_accuracy_drop (5 points), which these jobs keep
+# Images by which the reported baseline may differ from this file's own re-estimation:
+# the job averages per-batch statistics over shuffled batches, this file over batches in
+# order, and per-batch variances depend on the batches. hf_mobilenet_v2 (50% accuracy,
+# 97 images, transformers 5.24) differed by 2 images, already at the session-start
+# commit. Stale statistics (the negative control below) are off by more than 10.
+SAME_STATISTICS = 2
 
 MATRIX = [(model, chain) for model in MODELS for chain in CHAINS]
 
@@ -97,7 +103,7 @@ def test_a_foreign_model_is_compressed_and_reported_right(tmp_path, model, chain
     code, summary = run_job(tmp_path, model, chain)
     assert code in (0, 3)
     reported, recomputed, n = baseline_check(summary)
-    assert abs(reported - recomputed) <= 1 / n + 1e-9, (reported, recomputed, n)
+    assert abs(reported - recomputed) <= SAME_STATISTICS / n + 1e-9, (reported, recomputed, n)
     chance = 1 / job_splits(summary).num_classes
     assert not at_chance(reported, chance)  # the job refuses an untrained baseline
     assert_honest(code, summary, chance)
@@ -113,7 +119,7 @@ def test_stale_batchnorm_statistics_would_be_caught(tmp_path):
     code, summary = run_job(tmp_path, "low_momentum_cnn", "int8")
     assert code in (0, 3)
     reported, recomputed, n = baseline_check(summary)
-    assert abs(reported - recomputed) <= 1 / n + 1e-9
+    assert abs(reported - recomputed) <= SAME_STATISTICS / n + 1e-9
     splits = job_splits(summary)
     model = saved_baseline(summary)
     for m in model.modules():

@@ -94,4 +94,4 @@ def test_flags_override_the_job_file(tmp_path):
 
 def test_the_demo_job_file_is_valid():
     s = spec.load("jobs/demo.yaml")
-    assert s.target.speedup == 2.0 and s.budget.rounds >= 6
+    assert s.target.speedup == 2.0 and s.budget.rounds >= 5 and s.budget.screen >= 100
