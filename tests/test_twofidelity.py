@@ -186,3 +186,9 @@ def test_ask_many_spreads_one_gp_fit_over_a_batch():
     assert len(batch) == 12 and all(0 <= p["x"] <= 1 and 0 <= p["y"] <= 1 for p in batch)
     pairs = [(a, b) for i, a in enumerate(batch) for b in batch[i + 1 :]]
     assert all(distance(a, b, DIMS) >= 0.05 for a, b in pairs)  # spread, not one point 12x
+
+
+def test_when_no_screening_meets_the_target_the_closest_are_still_fine_tuned():
+    tf, reason, _, fulls, _ = search(job(target=9.0, rounds=3, screen=30))  # speed <= 4
+    assert "round budget" in reason and sum(len(b) for b in fulls) == 3
+    assert tf.state.best_feasible() is None and tf.state.best() is not None

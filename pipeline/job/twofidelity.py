@@ -263,8 +263,8 @@ class TwoFidelity:
     def _promote(self, k: int) -> list[ScreeningResult]:
         """Up to ``k`` screenings for a full evaluation: the rule's setting first, then,
         target by target in turn, the best screening score whose screened cost meets the
-        target (with the timing tolerance to spare when one does), not within
-        MIN_DISTANCE of a setting already promoted."""
+        target (with the timing tolerance to spare when one does; when none does, the
+        lowest screening loss), not within MIN_DISTANCE of a setting already promoted."""
         picks: list[ScreeningResult] = []
         if k <= 0:
             return picks
@@ -307,7 +307,9 @@ class TwoFidelity:
             meeting = [r for r in fresh if (r.achieved or 0.0) >= goal]
             if meeting:
                 return max(meeting, key=lambda r: r.accuracy or 0.0)
-        return None
+        # None screened meets it: the closest by the optimiser's own trade-off, so the
+        # job still fine-tunes and reports its best attempts instead of nothing.
+        return min(fresh, key=lambda r: self._screen_loss(r, target), default=None)
 
     def _evaluate(self, picks: list[ScreeningResult]) -> None:
         first = len(self.state.results) + 1
