@@ -291,6 +291,12 @@ class Screening(_Strict):
     repeats: int = Field(
         default=6, ge=3, description="timed pairs per screening (pooled for identical shapes)"
     )
+    train_steps: int = Field(
+        default=0,
+        ge=0,
+        description="SGD steps (of finetune.batch_size training samples, at finetune.lr) "
+        "before a screening is scored; 0 = BatchNorm re-estimation alone (EagleEye)",
+    )
 
 
 class Data(_Strict):

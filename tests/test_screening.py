@@ -99,3 +99,18 @@ def _units(spec, path):
     channel = build_learners(spec)[0]
     info = ModelInfo(load_baseline(spec, path), splits_for(spec).example_inputs())
     return channel.units(info)
+
+
+def test_a_few_training_steps_move_the_screening_score_and_nothing_else(tmp_path):
+    plain = job(tmp_path, {"compression": 1.5})
+    trained = job(tmp_path, {"compression": 1.5}, train_steps=5)
+    path = trained_baseline(plain, tmp_path / "baseline")
+    unit = next(iter(_units(plain, path)))
+    setting = [{f"channel.ratio.{unit}": 0.75}]
+    a, b = (
+        screen_batch(s, "cpu", str(path), 10**6, setting, 1, str(tmp_path / "s"))[0]
+        for s in (plain, trained)
+    )
+    assert a["status"] == b["status"] == "ok"
+    assert a["achieved"] == b["achieved"]  # same architecture, same file size
+    assert a["accuracy"] != b["accuracy"]  # the five SGD steps changed the weights

@@ -12,6 +12,11 @@ before fine-tuning ranks pruned candidates nearly as their fine-tuned accuracy d
 (EagleEye, ECCV 2020). Every job measures how true that is for itself: the summary's
 ``screening.spearman`` is the rank correlation over the candidates it promoted.
 
+``screening.train_steps`` > 0 adds a few SGD steps (the same training samples for every
+screening) before BatchNorm is re-estimated again and the score taken: a proxy between
+EagleEye's and a fine-tune, for when pruning is too heavy for BatchNorm alone to tell
+candidates apart (BENCHMARKS.md, "Screening rank correlation").
+
 A batch of screenings is one task: the baseline and data load once per batch, and a
 failing setting becomes a result with status "failed" (the batch goes on).
 """
@@ -22,6 +27,7 @@ import math
 import shutil
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +35,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from learners.base import Context
+from learners.finetune import recalibrate_batchnorm_, train_
 from pipeline import measure
 from pipeline.job.candidate import compress, measurement_pool
 from pipeline.job.modelfile import load_baseline
-from pipeline.job.settings import build_learners, latency_settings, splits_for
+from pipeline.job.settings import build_learners, latency_settings, splits_for, train_settings
 from pipeline.job.task import task_for
 from pipeline.records import storage
 from pipeline.records.results import ScreeningResult
@@ -49,13 +56,29 @@ def screening_loaders(spec: JobSpec, seed: int) -> tuple[DataLoader, DataLoader]
     re-estimation) and the first ``screening.val_samples`` of the validation split (the
     same subset for every screening, so scores compare)."""
     splits = splits_for(spec)
-    n_train = len(splits.train)  # type: ignore[arg-type]
     n_val = len(splits.val)  # type: ignore[arg-type]
-    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).tolist()
-    bn_subset = Subset(splits.train, order[: max(1, min(n_train, spec.screening.bn_samples))])
+    bn_subset = Subset(splits.train, _train_order(spec, seed)[: spec.screening.bn_samples])
     val_subset = Subset(splits.val, range(min(n_val, spec.screening.val_samples)))
     batch = spec.finetune.batch_size
     return DataLoader(bn_subset, batch_size=batch), DataLoader(val_subset, batch_size=256)
+
+
+def _train_order(spec: JobSpec, seed: int) -> list[int]:
+    n_train = len(splits_for(spec).train)  # type: ignore[arg-type]
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order or [0]
+
+
+def short_training_loader(spec: JobSpec, seed: int) -> DataLoader | None:
+    """``screening.train_steps`` batches of training samples (the same for every
+    screening), or None when screenings do not train."""
+    steps = spec.screening.train_steps
+    if not steps:
+        return None
+    batch = spec.finetune.batch_size
+    order = _train_order(spec, seed + 1)
+    picked = [order[i % len(order)] for i in range(steps * batch)]
+    return DataLoader(Subset(splits_for(spec).train, picked), batch_size=batch)
 
 
 def screen_batch(
@@ -76,6 +99,8 @@ def screen_batch(
     bn_loader, val_loader = screening_loaders(spec, spec.seed)
     bn_batches = math.ceil(len(bn_loader.dataset) / spec.finetune.batch_size)  # type: ignore[arg-type]
     task = task_for(spec, splits.num_classes)
+    short = short_training_loader(spec, spec.seed)
+    steps_settings = replace(train_settings(spec), epochs=1, retries=0)
     example = splits.example_inputs()
     timing = latency_settings(spec, quick=True)
     timing = measure.LatencySettings(
@@ -101,7 +126,12 @@ def screen_batch(
                 seed=spec.seed + index,
             )
             chain = build_learners(spec)
-            model = compress(chain, baseline, params, ctx, bn_batches).to("cpu").eval()
+            model = compress(chain, baseline, params, ctx, bn_batches)
+            if short is not None and chain[-1].keeps_float:
+                # A few SGD steps let the pruned weights re-adapt before they are scored.
+                train_(model, short, None, steps_settings, device=device, task=task)
+                recalibrate_batchnorm_(model, bn_loader, bn_batches, device)
+            model = model.to("cpu").eval()
             baseline.to("cpu")
             result.accuracy = task.measure(model, val_loader)
             result.achieved = _cost(

@@ -1,0 +1,85 @@
+"""Does a screening rank pruned candidates as fine-tuning does? (issue 10, items 1 and 3)
+
+Draws N random channel-pruning settings for a job, scores each by screening with
+``screening.train_steps`` of 0 (BatchNorm re-estimation alone, EagleEye's proxy) and of
+``--steps`` (a few SGD steps first), fully evaluates each (the product's fine-tune), and
+prints Spearman's rank correlation between each screening score and the fine-tuned
+validation accuracy, with the seconds each fidelity cost.
+
+    .venv/bin/python benchmarks/screening_rank.py --job <job.yaml> --settings 10 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from learners.base import ModelInfo  # noqa: E402
+from pipeline.job import candidate, screening  # noqa: E402
+from pipeline.job.modelfile import load_baseline  # noqa: E402
+from pipeline.job.settings import build_learners, splits_for  # noqa: E402
+from pipeline.job.twofidelity import spearman  # noqa: E402
+from pipeline.spec import load  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="a job file whose model has weights")
+    parser.add_argument("--settings", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--low", type=float, default=0.4, help="smallest ratio drawn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="JSON lines of every setting")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="screening-rank-"))
+    base_spec = load(args.job).model_copy(update={"output": str(work)})
+    weights = base_spec.model.weights
+    assert weights, "the job's model needs weights (a trained baseline file)"
+    channel = build_learners(base_spec)[0]
+    info = ModelInfo(load_baseline(base_spec, weights), splits_for(base_spec).example_inputs())
+    dims = [d for d in channel.space(info) if d.name.startswith("ratio.")]
+    rng = random.Random(args.seed)
+    settings = [
+        {f"channel.{d.name}": rng.uniform(args.low, d.high) for d in dims}
+        for _ in range(args.settings)
+    ]
+    rows = []
+    for i, params in enumerate(settings, 1):
+        row: dict = {"params": params}
+        for steps in (0, args.steps):
+            spec = base_spec.model_copy(
+                update={"screening": base_spec.screening.model_copy(update={"train_steps": steps})}
+            )
+            started = time.perf_counter()
+            got = screening.screen_batch(spec, "cpu", weights, 1, [params], i, str(work / "s"))[0]
+            row[f"screen{steps}"] = got["accuracy"]
+            row[f"screen{steps}_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        full = candidate.evaluate(base_spec, "cpu", weights, 1, params, i, str(work / "rounds"))
+        row["full"], row["full_s"] = full["accuracy"], time.perf_counter() - started
+        row["speedup"] = full["speedup"]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    full = [r["full"] for r in rows]
+    for steps in (0, args.steps):
+        rho = spearman([r[f"screen{steps}"] for r in rows], full)
+        cost = statistics.median(r[f"screen{steps}_s"] for r in rows)
+        print(f"train_steps {steps:>3}: spearman {rho:.3f} over {len(rows)}, {cost:.1f} s each")
+    print(f"full evaluation: {statistics.median(r['full_s'] for r in rows):.0f} s each")
+
+
+if __name__ == "__main__":
+    main()
