@@ -169,11 +169,25 @@ def summarize(rows: Iterable[dict[str, Any]]) -> str:
                 f"{_cell([got[s].get('evaluations', 1) for s in seeds], digits=1)} | "
                 f"{'; '.join(pvals) or '-'} | {beyond} |"
             )
+        lines += ["", "Per seed, test acc % (winner's source where a job reported one):", ""]
+        for seed in sorted({x for got in methods.values() for x in got}):
+            cells = [
+                f"{m} {100 * methods[m][seed]['test_accuracy']:.2f}"
+                + (f" ({src})" if (src := _source(methods[m][seed])) else "")
+                for m in METHODS
+                if seed in methods.get(m, {})
+            ]
+            lines.append(f"- seed {seed}: " + ", ".join(cells))
         lines.append("")
         verdicts.append(_verdict(model, target, methods))
     lines += ["### Acceptance (two-fidelity vs the best of rule, global, random)", ""]
     lines += verdicts or ["nothing finished yet"]
     return "\n".join(lines)
+
+
+def _source(row: dict[str, Any]) -> str | None:
+    """Where a job's winner came from (fixed rule, search, screening), if it said."""
+    return (row.get("setting") or {}).get("source")
 
 
 def _met_by_own_measure(row: dict[str, Any], target: float) -> bool:

@@ -84,6 +84,7 @@ def test_summary_reports_means_spread_mcnemar_and_the_verdict():
     assert "s0: 0.002 (10+/0-)" in line  # McNemar: 10 discordant pairs, all one way
     assert "| yes |" in line  # 10 points against a 2-point seed spread
     assert "| gp " not in text  # failed rows are left out
+    assert "- seed 1: rule 82.00, global 72.00, random 83.00, two_fidelity 92.00" in text
     verdict = text.splitlines()[-1]
     assert "goal REACHED" in verdict and "best rule (random)" in verdict
     assert "+9.00 points" in verdict  # 91 against random's 82, over seeds 0 and 1
