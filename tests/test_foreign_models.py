@@ -88,7 +88,7 @@ def assert_honest(code: int, summary: dict, chance: float) -> None:
     recounted = any(meets(row, summary, chance) for row in summary["candidates"])
     # A speedup winner is declared only once its re-measurement confirms it.
     confirmed = summary["target"]["kind"] != "speedup" or any(
-        c.get("confirmed_round") is not None for c in summary.get("confirmation", [])
+        c.get("met") for c in summary.get("confirmation", [])
     )
     assert summary["target_met"] == (recounted and confirmed), summary["candidates"]
     if summary["target_met"]:
