@@ -313,7 +313,11 @@ def _search_and_report(
             )
             for i, p in enumerate(proposals)
         ]
-        return gather(futures)
+        results = gather(futures)
+        for r in results:  # the rule's own setting is the rule's answer, not the search's
+            if start is not None and r["params"] == start:
+                r["source"] = "fixed rule"
+        return results
 
     progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
 

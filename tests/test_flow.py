@@ -155,3 +155,11 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
         job_flags(tmp_path, "--target-speedup", "2", "--data", f"cifar10:{tmp_path}/missing")
     )
     assert code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_without_screenings_the_rules_round_says_so(tmp_path):
+    flags = ["--target-compression", "2", "--rounds", "2", "--screen", "0", "--no-register"]
+    main(job_flags(tmp_path, *flags))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    sources = [c["source"] for c in summary["candidates"]]
+    assert sources == ["fixed rule", "search"] and "screening" not in summary
