@@ -22,7 +22,7 @@ saving alone) nor ``multiplicative`` (the plain product) can see. The power is e
 the uniform settings, where the fixed rule and calibration search.
 
 Measured on 20 random settings per model (benchmarks/latency_table.py, command and all
-figures in benchmarks/notes/latency_table.md), median / worst absolute error of the
+figures in BENCHMARKS.md, "Latency table"), median / worst absolute error of the
 predicted relative latency: resnet56 calibrated 12% / 33%, multiplicative 33% / 91%,
 additive 21% / 57%; mobilenet_v2 34% / 51%, 7% / 29%, 14% / 47%; shufflenet_v2 9% / 30%,
 6% / 24%, 16% / 43%. No rule wins everywhere: the plain product is closer on the two
