@@ -72,6 +72,34 @@ def recorded(uri: str, experiment: str, jobs: list[str]):
                 yield name, spec, params, run.data.metrics["accuracy"]
 
 
+def screen_both(row: dict, base_spec, params: dict, index: int, steps: int, work: Path) -> None:
+    """Screen ``params`` with 0 and ``steps`` training steps; scores and seconds into ``row``."""
+    for n in (0, steps):
+        update = {"screening": base_spec.screening.model_copy(update={"train_steps": n})}
+        spec = base_spec.model_copy(update=update)
+        started = time.perf_counter()
+        weights = base_spec.model.weights
+        got = screening.screen_batch(spec, "cpu", weights, 1, [params], index, str(work / "s"))[0]
+        row[f"screen{n}"] = got["accuracy"]
+        row[f"screen{n}_s"] = time.perf_counter() - started
+
+
+def record(row: dict, out: Path | None) -> None:
+    print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
+    if out:
+        with open(out, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def report(rows: list[dict], steps: int) -> None:
+    full = [r["full"] for r in rows]
+    for n in (0, steps):
+        rho = spearman([r[f"screen{n}"] for r in rows], full)
+        cost = statistics.median(r[f"screen{n}_s"] for r in rows)
+        shown = "n/a" if rho is None else f"{rho:.3f}"
+        print(f"train_steps {n:>3}: spearman {shown} over {len(rows)}, {cost:.1f} s each")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", help="a job file whose model has weights")
@@ -102,28 +130,14 @@ def main() -> None:
     rows = []
     for i, params in enumerate(settings, 1):
         row: dict = {"params": params}
-        for steps in (0, args.steps):
-            spec = base_spec.model_copy(
-                update={"screening": base_spec.screening.model_copy(update={"train_steps": steps})}
-            )
-            started = time.perf_counter()
-            got = screening.screen_batch(spec, "cpu", weights, 1, [params], i, str(work / "s"))[0]
-            row[f"screen{steps}"] = got["accuracy"]
-            row[f"screen{steps}_s"] = time.perf_counter() - started
+        screen_both(row, base_spec, params, i, args.steps, work)
         started = time.perf_counter()
         full = candidate.evaluate(base_spec, "cpu", weights, 1, params, i, str(work / "rounds"))
         row["full"], row["full_s"] = full["accuracy"], time.perf_counter() - started
         row["speedup"] = full["speedup"]
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-    full = [r["full"] for r in rows]
-    for steps in (0, args.steps):
-        rho = spearman([r[f"screen{steps}"] for r in rows], full)
-        cost = statistics.median(r[f"screen{steps}_s"] for r in rows)
-        print(f"train_steps {steps:>3}: spearman {rho:.3f} over {len(rows)}, {cost:.1f} s each")
+        record(row, args.out)
+    report(rows, args.steps)
     print(f"full evaluation: {statistics.median(r['full_s'] for r in rows):.0f} s each")
 
 
@@ -134,27 +148,11 @@ def rank_recorded(args: argparse.Namespace) -> None:
         recorded(args.recorded, args.experiment, args.jobs), 1
     ):
         base_spec = base_spec.model_copy(update={"output": str(work)})
-        weights = base_spec.model.weights
         row: dict = {"job": name, "params": params, "full": full}
-        for steps in (0, args.steps):
-            spec = base_spec.model_copy(
-                update={"screening": base_spec.screening.model_copy(update={"train_steps": steps})}
-            )
-            started = time.perf_counter()
-            got = screening.screen_batch(spec, "cpu", weights, 1, [params], i, str(work / "s"))[0]
-            row[f"screen{steps}"] = got["accuracy"]
-            row[f"screen{steps}_s"] = time.perf_counter() - started
+        screen_both(row, base_spec, params, i, args.steps, work)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
-        if args.out:
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-    full = [r["full"] for r in rows]
-    for steps in (0, args.steps):
-        rho = spearman([r[f"screen{steps}"] for r in rows], full)
-        cost = statistics.median(r[f"screen{steps}_s"] for r in rows)
-        shown = "n/a" if rho is None else f"{rho:.3f}"
-        print(f"train_steps {steps:>3}: spearman {shown} over {len(rows)}, {cost:.1f} s each")
+        record(row, args.out)
+    report(rows, args.steps)
 
 
 if __name__ == "__main__":
