@@ -96,7 +96,9 @@ def output_dir(spec: JobSpec, run_id: str | None = None) -> Path:
     """``<output>/<job>/<run id>``: each job run its own folder (``<output>/<job>`` with
     no run id)."""
     base = Path(spec.output) / spec.job_name
-    return base / run_id if run_id else base
+    folder = base / run_id if run_id else base
+    storage.inside(folder, spec.output)  # a job or run name never climbs out of it
+    return folder
 
 
 LATEST = "latest"

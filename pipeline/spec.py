@@ -28,6 +28,7 @@ from pydantic import (
 
 from learners import registry
 from learners.chain import validate_chain
+from pipeline import jobyaml
 from pipeline.sources.zoo import names
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
@@ -39,6 +40,11 @@ RUNNERS = ("threads", "dask")
 TASKS = ("classification", "custom")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DATA_SCHEMES = ("digits", "cifar10:<dir>", "imagefolder:<dir>", "package.module:callable")
+# A job name becomes a folder under the output, an MLflow run and a registered model's
+# name: one path component of portable characters, short enough for every file system.
+NAME_MAX = 100
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class SpecError(ValueError):
@@ -505,6 +511,13 @@ class JobSpec(_Strict):
         "cross-entropy",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_name(v)
+        return v
+
     @field_validator("model", "data", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
@@ -573,13 +586,47 @@ class JobSpec(_Strict):
 
     @property
     def job_name(self) -> str:
+        """The name given, or one made of the model, the learners and the target (so jobs
+        with other learners on the same model keep their own folders and records)."""
         if self.name:
             return self.name
         t = self.target
-        return f"{Path(self.model.source).stem.replace(':', '-')}-{t.kind}{t.value:g}"
+        name = f"{_model_slug(self.model.source)}-{'-'.join(self.learners)}-{t.kind}{t.value:g}"
+        return _UNSAFE.sub("-", name).strip("-.")[:NAME_MAX]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def check_name(name: str, what: str = "name") -> None:
+    """A name that becomes one folder (or file) under the output: ``ValueError`` naming
+    the rule it breaks."""
+    if not name:
+        raise ValueError(f"{what} is empty: give a job name such as resnet20-2x")
+    if len(name) > NAME_MAX:
+        raise ValueError(
+            f"{what} is {len(name)} characters long: at most {NAME_MAX} (it names a folder)"
+        )
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(
+            f"{what} {name!r} is not one path component: it names a folder under the "
+            "output, so it may hold no '/' or '\\' and may not be '.' or '..'"
+        )
+    if not _NAME.match(name):
+        raise ValueError(
+            f"{what} {name!r} may hold only letters, digits, '.', '_' and '-', and must "
+            "start with a letter or digit"
+        )
+
+
+def _model_slug(source: str) -> str:
+    """The short model part of a default job name: a factory's function, a registered
+    model's name, a file's stem, a zoo name."""
+    if source.startswith("models:/"):
+        return source.removeprefix("models:/").split("/")[0] or "model"
+    if _FACTORY.match(source):
+        return source.rsplit(":", 1)[1]
+    return Path(source).stem or "model"
 
 
 def _check_chain(names: list[str], runtimes: list[str], options: dict[str, dict[str, Any]]) -> None:
@@ -667,23 +714,42 @@ def load(path: str | Path) -> JobSpec:
 def load_raw(path: str | Path) -> dict[str, Any]:
     """A job file's mapping as written, not yet validated (flags may complete it)."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"job file {path} is a directory: give the job's YAML file")
     if not path.is_file():
         raise SpecError(f"job file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = jobyaml.load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"job file {path} cannot be read as text: {err}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"job file {path} is not valid YAML: {err}") from None
+    except jobyaml.JobYamlError as err:
+        raise SpecError(f"job file {path}: {err}") from None
     if not isinstance(data, dict):
         raise SpecError(f"job file {path} must hold a mapping at the top level")
     return data
 
 
+# Sections a job file may give as a plain string: ``model: resnet32`` is its source.
+SHORTHANDS = ("model", "data")
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` (e.g. from CLI flags) into ``base`` (e.g. from YAML)."""
+    """Deep-merge ``overrides`` (e.g. from CLI flags) into ``base`` (e.g. from YAML): an
+    override completes the file and replaces only the fields it names (``--weights``
+    refines ``model: resnet32``, it does not bring back the default model)."""
+    expanded = {
+        k: {"source": v} if k in SHORTHANDS and isinstance(v, str) else v for k, v in base.items()
+    }
+    return _merge(expanded, overrides)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = _merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -113,6 +113,14 @@ def not_loaders_data():
     return [1, 2, 3]
 
 
+# Nine levels of nine aliases: 9**9 strings once expanded.
+LAUGHS = (
+    "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    + "target: {speedup: 2}\n"
+)
+
+
 # --- the cases ---------------------------------------------------------------------
 
 
@@ -124,10 +132,12 @@ class Case:
     code: int = 2
     files: tuple[tuple[str, str], ...] = ()  # (name, YAML text) written under the case root
     gpu_ok: bool = True  # False: only meaningful where torch sees no GPU
+    drop: tuple[str, ...] = ()  # common flags (each with its value) this case leaves out
 
 
-def yaml_case(id: str, text: str, fragment: str, *extra: str) -> Case:
-    return Case(id, ("--job", "{root}/" + id + ".yaml", *extra), fragment, files=((id, text),))
+def yaml_case(id: str, text: str, fragment: str, *extra: str, drop: tuple[str, ...] = ()) -> Case:
+    args = ("--job", "{root}/" + id + ".yaml", *extra)
+    return Case(id, args, fragment, files=((id, text),), drop=drop)
 
 
 CASES = [
@@ -205,6 +215,41 @@ CASES = [
     Case("cuda-without-gpu", ("--device", "cuda"), "needs a CUDA GPU", gpu_ok=False),
     Case("cuda-runtime-without-gpu", ("--runtime", "cuda"), "needs a CUDA GPU", gpu_ok=False),
     Case("resume-bogus-id", ("--resume", "0123456789abcdef"), "0123456789abcdef"),
+    # job names: one path component, safe characters, a length limit
+    Case("name-climbs-out", ("--name", "../../escaped"), "one path component"),
+    Case("name-absolute", ("--name", "{root}/abs-escaped"), "one path component"),
+    Case("name-dot-dot", ("--name", ".."), "one path component"),
+    Case("name-dot", ("--name", "."), "one path component"),
+    Case("name-backslash", ("--name", "..\\escaped"), "one path component"),
+    Case("name-too-long", ("--name", "n" * 300), "at most 100"),
+    Case("name-empty", ("--name", ""), "name is empty"),
+    Case("name-space", ("--name", "my job"), "only letters, digits"),
+    Case("name-hidden", ("--name", ".hidden"), "start with a letter or digit"),
+    Case("name-newline", ("--name", "a\nb"), "only letters, digits"),
+    # job files: aliases bounded, keys once, a file not a folder
+    yaml_case("yaml-billion-laughs", LAUGHS, "billion laughs"),
+    yaml_case("yaml-duplicate-key", "target: {speedup: 2}\nseed: 1\nseed: 2\n", "'seed' appears"),
+    yaml_case(
+        "yaml-duplicate-nested-key", "target: {speedup: 2, runtime: cuda, runtime: x}\n", "runtime"
+    ),
+    Case("job-is-a-directory", ("--job", "{root}"), "is a directory"),
+    # flags complete the job file: its model stays, refined by --weights / --model-option
+    yaml_case(
+        "flag-weights-keep-file-model",
+        "target: {speedup: 2}\nmodel: resnet32\n",
+        "on resnet32 /",
+        "--weights",
+        "{root}/narrow.pt",
+        drop=("--model",),
+    ),
+    yaml_case(
+        "flag-option-keep-file-model",
+        "target: {speedup: 2}\nmodel: {source: resnet32}\n",
+        "on resnet32 /",
+        "--model-option",
+        "bogus=1",
+        drop=("--model",),
+    ),
     # a target the calibration proves unreachable: stopped before the search, exit 3
     Case("speedup-unreachable", ("--target-speedup", "1000"), "--force-search", code=3),
 ]
@@ -242,6 +287,9 @@ def command(case: Case, root: Path) -> list[str]:
         i = flags.index("--target-speedup")
         del flags[i : i + 2]
         args = [a for a in args if a is not None and a != "--target-speedup"]
+    for flag in case.drop:
+        i = flags.index(flag)
+        del flags[i : i + 2]
     args = [a.replace("{root}", str(root)) for a in args]
     return [sys.executable, "-m", "pipeline", "run", *flags, *args]
 
@@ -296,6 +344,13 @@ def problems(case: Case, got: Outcome) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_cleanly(case: Case, outcomes: dict[str, Outcome]):
     assert not problems(case, outcomes[case.id]), "\n".join(problems(case, outcomes[case.id]))
+
+
+def test_no_job_name_writes_outside_the_output(root, outcomes):
+    assert outcomes["name-climbs-out"].code == 2
+    assert not (root.parent / "escaped").exists()
+    assert not (root / "abs-escaped").exists()
+    assert sorted(p.name for p in (root / "out").iterdir() if "escaped" in p.name) == []
 
 
 def test_the_next_job_on_the_same_store_and_output_still_works(root, outcomes):

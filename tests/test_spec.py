@@ -95,3 +95,36 @@ def test_flags_override_the_job_file(tmp_path):
 def test_the_demo_job_file_is_valid():
     s = spec.load("jobs/demo.yaml")
     assert s.target.speedup == 2.0 and s.budget.rounds >= 5 and s.budget.screen >= 100
+
+
+def _from_file(tmp_path, text: str, *flags: str) -> spec.JobSpec:
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    return spec_from_args(build_parser().parse_args(["run", "--job", str(job), *flags]))
+
+
+@pytest.mark.parametrize("model", ["resnet32", "{source: resnet32}"])
+def test_flags_refine_the_file_model_and_never_bring_back_the_default(tmp_path, model):
+    text = f"target: {{speedup: 2, runtime: onnxruntime-cpu}}\nmodel: {model}\ndata: digits\n"
+    s = _from_file(tmp_path, text, "--weights", "w.safetensors", "--model-option", "width=2")
+    assert s.model.source == "resnet32"
+    assert s.model.weights == "w.safetensors" and s.model.options == {"width": 2}
+    s = _from_file(tmp_path, text, "--image-size", "16", "--target-speedup", "3")
+    assert s.data.source == "digits" and s.data.image_size == 16
+    assert s.target.speedup == 3 and s.target.runtime == "onnxruntime-cpu"
+
+
+def test_model_flag_replaces_the_file_model_with_its_weights(tmp_path):
+    text = "target: {speedup: 2}\nmodel: {source: resnet32, weights: w32.pt, options: {a: 1}}\n"
+    s = _from_file(tmp_path, text, "--model", "resnet20")
+    assert (s.model.source, s.model.weights, s.model.options) == ("resnet20", None, {})
+
+
+def test_default_job_names_tell_learners_apart_and_stay_one_safe_component():
+    a = parse(model="resnet20", learners="channel")
+    onnx = {"speedup": 2, "runtime": "onnxruntime-cpu"}
+    b = parse(model="resnet20", learners="int8", target=onnx)
+    assert a.job_name != b.job_name
+    for source in ("tests.helpers:tiny_cnn", "models:/my model/3", "s3://b/some dir/m.pt2"):
+        name = parse(model=source).job_name
+        spec.check_name(name)  # raises if it is not one safe path component

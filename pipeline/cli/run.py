@@ -185,6 +185,8 @@ def spec_from_args(args: argparse.Namespace):
         # The file as written, completed by the flags, then validated once: a file may
         # leave out what the flags give (its target, say).
         base = spec_mod.load_raw(args.job) if args.job else {}
+        if args.model:  # another model: the file's weights and options were for its own
+            base = {k: v for k, v in base.items() if k != "model"}
         merged = spec_mod.merge(base, overrides_from_args(args))
         if "target" not in merged:
             raise UserError(

@@ -150,3 +150,12 @@ def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return "/".join([base.rstrip("/"), *parts])
     return str(Path(base, *parts))
+
+
+def inside(path: str | Path, root: str | Path) -> Path:
+    """``path`` resolved, when it lies within ``root``; ``StorageError`` otherwise (a name
+    that climbs out of the output folder writes nothing)."""
+    resolved, top = Path(path).resolve(), Path(root).resolve()
+    if resolved != top and top not in resolved.parents:
+        raise StorageError(f"{path} lies outside {root}: nothing is written there")
+    return resolved
