@@ -212,6 +212,19 @@ CASES = [
     Case("output-under-a-file", ("--output", "{root}/a-file/out"), "cannot be written"),
     Case("tracking-unreachable", ("--tracking-uri", "http://127.0.0.1:9"), "does not answer"),
     Case("tracking-store-read-only", ("--tracking-uri", "sqlite:////sys/m.db"), "cannot be"),
+    # database stores: probed in preflight, passwords never carried into Prefect
+    Case("pg-server-down", ("--tracking-uri", "postgresql://postgres@127.0.0.1:9/x"), "refused"),
+    Case(
+        "pg-driver-missing",
+        ("--tracking-uri", "postgresql+psycopg2://postgres@127.0.0.1:9/x"),
+        "driver 'psycopg2'",
+    ),
+    Case("mysql-password", ("--tracking-uri", "mysql://u:pw@127.0.0.1/x"), "holds a password"),
+    Case(
+        "pg-password-never-shown",
+        ("--tracking-uri", "postgresql://postgres:never-shown@127.0.0.1:9/x"),
+        "postgresql://***@127.0.0.1:9/x",
+    ),
     Case("cuda-without-gpu", ("--device", "cuda"), "needs a CUDA GPU", gpu_ok=False),
     Case("cuda-runtime-without-gpu", ("--runtime", "cuda"), "needs a CUDA GPU", gpu_ok=False),
     Case("resume-bogus-id", ("--resume", "0123456789abcdef"), "0123456789abcdef"),
@@ -344,6 +357,11 @@ def problems(case: Case, got: Outcome) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_cleanly(case: Case, outcomes: dict[str, Outcome]):
     assert not problems(case, outcomes[case.id]), "\n".join(problems(case, outcomes[case.id]))
+
+
+def test_a_password_in_a_tracking_uri_is_never_printed(outcomes):
+    got = outcomes["pg-password-never-shown"]
+    assert "never-shown" not in got.stdout + got.stderr
 
 
 def test_no_job_name_writes_outside_the_output(root, outcomes):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.errors import UserError
+from pipeline.cli.secrets import without_passwords
 
 # The job finished and its best candidate is recorded, but it falls short of the target.
 EXIT_TARGET_NOT_MET = 3
@@ -212,16 +213,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    # The tracking store's password goes to its client's environment variable: the spec
+    # the job carries (into Prefect's records too), records and prints has none.
+    spec = without_passwords(spec_from_args(args))
     # Heavy imports (torch, Prefect, MLflow) only once a job is really run: --help stays fast.
-    from pipeline.records.redact import credentials_to_env
     from pipeline.runners import INTERRUPTS, Interrupted
-
-    # An MLflow server's password goes to MLflow's own environment settings: the spec the
-    # job carries (into Prefect's records too), records and prints has none.
-    uri = credentials_to_env(spec.tracking.uri)
-    if uri != spec.tracking.uri:
-        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})})
 
     print(
         f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
@@ -261,7 +257,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
 
     from pipeline.cli import prefect_api
     from pipeline.flows import compress
-    from pipeline.job.report import table
+    from pipeline.job.render import table
     from pipeline.records.redact import redact
     from pipeline.records.storage import StorageError
     from pipeline.records.tracking import ui_command

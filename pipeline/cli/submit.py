@@ -18,6 +18,7 @@ from uuid import UUID
 
 from pipeline.cli.errors import UserError
 from pipeline.cli.run import add_job_arguments, spec_from_args
+from pipeline.cli.secrets import without_passwords
 
 DEFAULT_DEPLOYMENT = "compress/team"
 
@@ -81,7 +82,7 @@ def find_deployment(client, name: str, url: str):
 
 
 def submit(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    spec = without_passwords(spec_from_args(args), here=False)
     url = server_url()
     from prefect.client.orchestration import get_client
 

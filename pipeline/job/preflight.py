@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from sqlalchemy.pool import NullPool
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
@@ -315,6 +316,9 @@ def check_tracking(uri: str) -> None:
                 f"tracking store folder {folder} cannot be written ({err.strerror})"
             ) from None
         return
+    if urllib.parse.urlsplit(uri).scheme.split("+")[0] in SQL_SCHEMES:
+        check_sql_store(uri)
+        return
     if uri.startswith(("http://", "https://")):
         parts = urllib.parse.urlsplit(uri)
         health = parts._replace(
@@ -337,3 +341,46 @@ def check_tracking(uri: str) -> None:
                 f"MLflow tracking server {redact(uri)} does not answer ({reason}): start it, "
                 "or use a local store (tracking.uri: sqlite:///mlflow.db)"
             ) from None
+
+
+# Database stores MLflow reaches through SQLAlchemy (sqlite is checked as a file above).
+SQL_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
+# How to install a missing driver module (SQLAlchemy's default for postgresql:// is psycopg 3).
+DRIVERS = {
+    "psycopg": "pip install 'compressflow[postgres]'",
+    "psycopg2": "pip install psycopg2-binary, or drop '+psycopg2' to use psycopg 3",
+    "MySQLdb": "pip install mysqlclient, or use mysql+pymysql:// with pymysql installed",
+}
+
+
+def check_sql_store(uri: str) -> None:
+    """A database store answers a query within ``TRACKING_TIMEOUT_S``, with its driver
+    installed; otherwise one line naming the driver, the server or the database."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    shown = redact(uri)
+    try:
+        engine = sqlalchemy.create_engine(
+            uri, connect_args={"connect_timeout": int(TRACKING_TIMEOUT_S)}, poolclass=NullPool
+        )
+    except ModuleNotFoundError as err:
+        install = DRIVERS.get(err.name or "", f"install the package that provides {err.name}")
+        raise PreflightError(
+            f"tracking store {shown} needs the database driver {err.name!r}, which is not "
+            f"installed: {install}"
+        ) from None
+    except (NoSuchModuleError, ArgumentError) as err:
+        raise PreflightError(f"tracking store {shown} is not a database URI SQLAlchemy knows "
+                             f"({err})") from None  # fmt: skip
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except SQLAlchemyError as err:
+        reason = redact(str(getattr(err, "orig", None) or err).strip().splitlines()[0])
+        raise PreflightError(
+            f"tracking store {shown} cannot be reached ({reason}): start the database, "
+            "create the database named in the URI, or check the user and PGPASSWORD"
+        ) from None
+    finally:
+        engine.dispose()
