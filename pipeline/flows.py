@@ -29,11 +29,14 @@ from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report, screening
 from pipeline.job.calibrate import calibrate
+from pipeline.job.datafacts import dataset_facts
 from pipeline.job.modelfile import load_baseline
 from pipeline.job.progress import SearchProgress
+from pipeline.job.render import result_markdown, rounds_table
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, run_search, search_space, state_for
 from pipeline.job.settings import build_learners, latency_settings, splits_for
+from pipeline.job.summary import baseline_result, candidate_rows
 from pipeline.job.twofidelity import TwoFidelity, screening_budget
 from pipeline.measure.latency_table import LatencyTable, build_table
 from pipeline.records import storage
@@ -243,17 +246,18 @@ def _baseline(
         reused = reuse_baseline(saved, tracker.recorded_baseline(parent))
         if reused is not None:
             _log(f"baseline: reused from run {parent} ({reused['model_path']})")
-            return baseline_mod.Baseline(**reused), 0.0
+            return baseline_mod.Baseline.from_dict(reused), 0.0
     started = time.perf_counter()
     fields = prepare_baseline(spec, str(out_dir))
     seconds = time.perf_counter() - started
     if resume_run_id:  # the recorded figures stay the job's figures
         fields = with_recorded_figures(fields, tracker.recorded_baseline(parent))
-    base = baseline_mod.Baseline(**fields)
+    base = baseline_mod.Baseline.from_dict(fields)
     saved.write_text(json.dumps(base.to_dict(), indent=2))
     _log(
         f"baseline: val acc {base.accuracy:.4f}, {base.latency_ms:.2f} ms/batch on "
-        f"{spec.target.runtime}, {base.flops:,} FLOPs, {base.params:,} params, {base.bytes:,} bytes"
+        f"{spec.target.runtime}, {base.flops:,} FLOPs, {base.param_count:,} parameters, "
+        f"{base.bytes:,} bytes"
     )
     return base, seconds
 
@@ -272,10 +276,10 @@ def _search_and_report(
     rounds and still writes the summary (see ``runners.Interrupts``)."""
     kind = spec.target.kind
     base_run = tracker.log_baseline(
-        parent, report.baseline_result(spec, base, base_seconds), kind, reuse=bool(resume_run_id)
+        parent, baseline_result(spec, base, base_seconds), kind, reuse=bool(resume_run_id)
     )
     if not resume_run_id:
-        data = report.dataset_facts(spec)
+        data = dataset_facts(spec)
         for run_id in (parent, base_run):
             tracker.log_dataset(run_id, **data)
     board = PrefectBoard(spec.job_name, log=_log)
@@ -327,8 +331,8 @@ def _search_and_report(
         tracker.log_candidate(parent, r, feasible, kind)
         _log(describe(r, state))
         progress.update(state)
-        rows = report.candidate_rows(state, {}, state.best())
-        board.rounds(report.rounds_table(kind, rows), progress.fraction(state), len(rows))
+        rows = candidate_rows(state, {}, state.best())
+        board.rounds(rounds_table(kind, rows), progress.fraction(state), len(rows))
 
     two_fidelity = None
     if dims and screening_budget(spec) > 0:
@@ -376,7 +380,7 @@ def _search_and_report(
         confirm_winners=not INTERRUPTS.requested,
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
-    board.result(report.result_markdown(summary))
+    board.result(result_markdown(summary))
     if storage.is_s3(spec.output):
         summary = publish(spec, summary, out_dir, tracker, parent)
     return summary
@@ -603,7 +607,7 @@ def _nothing_to_search(
         spec, base, state, reason, tracker, parent, out_dir, log=_log, baseline_run_id=base_run
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
-    PrefectBoard(spec.job_name, log=_log).result(report.result_markdown(summary))
+    PrefectBoard(spec.job_name, log=_log).result(result_markdown(summary))
     if storage.is_s3(spec.output):
         summary = publish(spec, summary, out_dir, tracker, parent)
     return summary

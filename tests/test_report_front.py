@@ -16,7 +16,7 @@ from learners.base import Context, ModelInfo
 from learners.chain import chain_space
 from learners.formats import export
 from pipeline import measure
-from pipeline.job import plots, report
+from pipeline.job import plots, registration, render, report, winners
 from pipeline.job.baseline import Baseline
 from pipeline.job.candidate import compress
 from pipeline.job.modelfile import load_baseline, save_baseline, save_candidate
@@ -68,7 +68,7 @@ def prepared(root: Path, spec: JobSpec) -> tuple[Baseline, SearchState, Path]:
         accuracy=0.92,
         latency_ms=1.0,
         flops=measure.count_flops(base, example),
-        params=measure.count_params(base),
+        param_count=measure.count_params(base),
         bytes=measure.file_bytes(onnx),
         trained_here=False,
         pretrain_curve={},
@@ -121,7 +121,7 @@ def confirm_as(monkeypatch, intervals: dict[int, list[float]]) -> list[int]:
 
         return remeasure
 
-    monkeypatch.setattr(report, "_remeasure_with", remeasure_with)
+    monkeypatch.setattr(winners, "remeasure_with", remeasure_with)
     return asked
 
 
@@ -158,14 +158,14 @@ def test_a_front_has_one_registered_winner_per_target(tmp_path, monkeypatch):
     assert summary["best"]["round"] == 1 and summary["best"]["source"] == "fixed rule"
     assert summary["mlflow"]["version"] == entries[0]["mlflow"]["version"]
 
-    name = report.registered_name(spec)
+    name = registration.registered_name(spec)
     for entry, alias in zip(entries, ("speedup-1_5x", "speedup-3x"), strict=True):
         m = entry["mlflow"]
         assert m["alias"] == alias and m["registered_model"] == name
         version = client.get_model_version_by_alias(name, alias)
         assert str(version.version) == str(m["version"])
         assert version.run_id == entry["best"]["run_id"] == m["run_id"]
-        folder = out / "best" / report.target_label(entry["value"])
+        folder = out / "best" / winners.target_label(entry["value"])
         assert Path(entry["artifacts"]["best_onnx"]).parent == folder
         assert (folder / "model.onnx").is_file() and (folder / "model.safetensors").is_file()
     assert entries[0]["mlflow"]["version"] != entries[1]["mlflow"]["version"]
@@ -191,7 +191,7 @@ def test_a_front_has_one_registered_winner_per_target(tmp_path, monkeypatch):
     assert plots.target_values(summary) == [1.5, 3.0]
     assert plots.legend_label(summary, "feasible", "x") == "meets 1.5x"
     assert (out / "candidates.png").is_file() and (out / "candidates.html").is_file()
-    text = report.table(summary)
+    text = render.table(summary)
     assert "at 3x: MET" in text and "@speedup-3x" in text and "screened 40 settings" in text
 
 
@@ -210,7 +210,7 @@ def test_a_rejected_confirmation_makes_the_next_best_the_winner(tmp_path, monkey
     assert [c["round"] for c in summary["confirmation"]] == [2, 3]
     winner = client.get_run(summary["mlflow"]["best_run_id"])
     assert winner.data.params["round"] == "3" and winner.data.tags["best"] == "true"
-    version = client.get_model_version_by_alias(report.registered_name(spec), "speedup-3x")
+    version = client.get_model_version_by_alias(registration.registered_name(spec), "speedup-3x")
     assert str(version.version) == str(summary["mlflow"]["version"])
 
 
@@ -230,15 +230,15 @@ def test_no_confirmed_candidate_is_reported_but_not_met():
         asked.append(r.round)
         return {"torch-cpu": [1.6, 2.9]}  # every one holds 1.5x, none 3x
 
-    winners = report.choose_winners(state, remeasure)
-    assert [(w.value, w.result.round, w.met) for w in winners] == [(1.5, 1, True), (3.0, 2, False)]
+    chosen = winners.choose_winners(state, remeasure)
+    assert [(w.value, w.result.round, w.met) for w in chosen] == [(1.5, 1, True), (3.0, 2, False)]
     assert asked == [1, 2, 3]  # round 1 is not re-measured again for 3x (not feasible there)
-    assert winners[1].confirmed == {"torch-cpu": [1.6, 2.9]}
+    assert chosen[1].confirmed == {"torch-cpu": [1.6, 2.9]}
     # A stopped job re-measures nothing: its feasible winners are reported, none met.
-    stopped = report.choose_winners(state, report._not_remeasured)
+    stopped = winners.choose_winners(state, winners.not_remeasured)
     assert [(w.result.round, w.met) for w in stopped] == [(1, False), (2, False)]
     # Without re-measurement (a compression target): the state's own choice.
-    plain = report.choose_winners(state, None)
+    plain = winners.choose_winners(state, None)
     assert [(w.result.round, w.met, w.confirmed) for w in plain] == [
         (1, True, None),
         (2, True, None),
@@ -247,7 +247,7 @@ def test_no_confirmed_candidate_is_reported_but_not_met():
 
 @pytest.mark.parametrize("value, alias", [(3.0, "speedup-3x"), (1.5, "speedup-1_5x")])
 def test_aliases_are_names_mlflow_accepts(value, alias):
-    assert report.target_alias("speedup", value) == alias
+    assert registration.target_alias("speedup", value) == alias
 
 
 def test_the_remeasurement_is_the_confirmation_step_timing_afresh(tmp_path):
@@ -258,7 +258,7 @@ def test_the_remeasurement_is_the_confirmation_step_timing_afresh(tmp_path):
     base_model = load_baseline(spec, baseline.model_path)
     example = splits_for(spec).example_inputs()
     records: list[dict] = []
-    remeasure = report._remeasure_with(spec, base_model, example, out, records, lambda _: None)
+    remeasure = winners.remeasure_with(spec, base_model, example, out, records, lambda _: None)
     intervals = remeasure(state.results[0], 1e6)  # no model is a million times faster
     (low, high) = intervals["torch-cpu"]
     assert 0 < low <= high
@@ -267,4 +267,4 @@ def test_the_remeasurement_is_the_confirmation_step_timing_afresh(tmp_path):
     assert check["runtimes"]["torch-cpu"]["pairs"] >= spec.measure.repeats
     assert "trace" not in check
     # The same candidate missed a million: the winners' rule rejects it on that interval.
-    assert report._low(intervals) < 1e6
+    assert winners.low_end(intervals) < 1e6

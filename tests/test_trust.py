@@ -218,16 +218,20 @@ def test_registered_models_load_without_pickle_and_pickled_ones_are_refused(tmp_
     import mlflow.pytorch
 
     from learners.formats.export import export_onnx
-    from pipeline.records.tracking import log_model_without_pickle
+    from pipeline.records.mlmodel import saver_without_pickle
+    from pipeline.records.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/reg.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("trust")
     model, x = TinyNet(width=4).eval(), example_inputs()
     onnx = export_onnx(model, x, tmp_path / "m.onnx")
-    with mlflow.start_run() as run:
-        log_model_without_pickle(model, onnx, x, run.info.run_id, "safe")
+    tracker = Tracker(uri, "trust")  # the job's own way: explicit run ids, no global state
+    run_id = tracker.start_job("trust", {})
+    model_id = tracker.log_model(run_id, saver_without_pickle(model, onnx, x))
+    assert tracker.register("safe", model_id, run_id, ["chosen"]) == 1
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("trust")
+    with mlflow.start_run():
         BoomNet.marker = str(tmp_path / "marker-registry")
         mlflow.pytorch.log_model(
             BoomNet(width=4),

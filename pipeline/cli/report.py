@@ -33,7 +33,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     # MLflow and matplotlib only when a report is asked for: every other command (and
     # each bad-input error) starts seconds faster without them.
-    from pipeline.job.report import rounds_text, table, write_plots
+    from pipeline.job.plots import write_plots
+    from pipeline.job.render import rounds_text, table
 
     summary = load(args.source, args.tracking_uri)
     print(table(summary))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,13 +30,21 @@ class Baseline:
     accuracy: float
     latency_ms: float
     flops: int
-    params: int
+    param_count: int
     bytes: int
     trained_here: bool
     pretrain_curve: dict[str, list[float]]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
+        """Also reads a ``baseline.json`` saved when the count was called ``params``."""
+        fields = dict(data)
+        older = fields.pop("params", None)
+        fields.setdefault("param_count", older)
+        return cls(**fields)
 
 
 def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Baseline:
@@ -90,7 +99,7 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
         accuracy=accuracy,
         latency_ms=measure.latency_ms(model, example, latency_settings(spec), folder),
         flops=measure.count_flops(model, example),
-        params=measure.count_params(model),
+        param_count=measure.count_params(model),
         bytes=measure.file_bytes(deployable),
         trained_here=not has_weights,
         pretrain_curve=curve,

@@ -289,3 +289,13 @@ def _hover(p: Point, row: dict[str, Any] | None) -> str:
     if p.run_id:
         lines.append(f"run {p.run_id}")
     return "<br>".join(lines)
+
+
+def write_plots(summary: dict[str, Any], out_dir: Path, stem: str = "candidates") -> list[Path]:
+    """``candidates.png`` and ``candidates.html`` (nothing when no round was run)."""
+    if not summary.get("candidates"):
+        return []
+    png, html = out_dir / f"{stem}.png", out_dir / f"{stem}.html"
+    draw_png(summary, png)
+    draw_html(summary, html)
+    return [png, html]

@@ -85,7 +85,7 @@ _FIGURES = {
     "accuracy": "accuracy",
     "latency_ms": "latency_ms",
     "flops": "flops",
-    "params": "param_count",
+    "param_count": "param_count",
     "bytes": "bytes",
 }
 
@@ -97,7 +97,7 @@ def with_recorded_figures(base: dict[str, Any], recorded: dict[str, float] | Non
     for field, key in _FIGURES.items():
         if recorded and key in recorded:
             value = recorded[key]
-            out[field] = int(value) if field in ("flops", "params", "bytes") else value
+            out[field] = int(value) if field in ("flops", "param_count", "bytes") else value
     return out
 
 

@@ -21,12 +21,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    Param,
+)
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from learners.formats.onnx_module import OnnxModule
 from pipeline.records.filelock import locked
+from pipeline.records.mlmodel import SaveModel
 from pipeline.records.redact import credentials_to_env, redact_data
 from pipeline.records.results import CandidateResult, ScreeningResult
 
@@ -493,6 +502,53 @@ class Tracker:
             self.set_tags(parent_run_id, {"front_rounds": json.dumps(won)})
         return best_id
 
+    # -- models ---------------------------------------------------------------------
+    def log_model(self, run_id: str, save: SaveModel, name: str = "best_model") -> str:
+        """A model logged to ``run_id`` as an MLflow logged model of the job's experiment
+        (what ``mlflow.<flavour>.log_model`` does, without its global tracking URI and
+        active experiment): ``save`` writes the model folder, which is uploaded; returns
+        the model's id (its URI is ``models:/<id>``)."""
+        params = {k: str(v) for k, v in self.client.get_run(run_id).data.params.items()}
+        logged = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id, params=params
+        )
+        model_id = logged.model_id
+        metadata = Model(
+            artifact_path=logged.artifact_location,
+            model_uuid=model_id,
+            run_id=run_id,
+            model_id=model_id,
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="compressflow-model-") as tmp:
+                folder = str(Path(tmp, "model"))
+                save(folder, metadata)
+                self.client.log_model_artifacts(model_id, folder)
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        except Exception:
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        return str(model_id)
+
+    def register(self, name: str, model_id: str, run_id: str, aliases: list[str]) -> Any:
+        """A new version of the registered model ``name`` (created on first use) from a
+        logged model, its source run ``run_id``, with ``aliases`` pointed at it; returns
+        the version."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise  # another job registering the same name first is fine
+        # The logged model's own location as the source: given ``models:/<id>``, MLflow's
+        # store looks the id up through the global tracking URI, not this client's.
+        source = self.client.get_logged_model(model_id).artifact_location
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, model_id=model_id
+        ).version
+        self.set_aliases(name, version, aliases)
+        return version
+
     def set_aliases(self, name: str, version: str | int, aliases: list[str]) -> None:
         """Point each alias of the registered model ``name`` at ``version`` (an alias
         moves: a later job's winner at the same target takes it over)."""
@@ -596,47 +652,3 @@ def ui_command(uri: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def log_model_without_pickle(
-    model: Any,
-    onnx_path: str | Path,
-    example: Any,
-    run_id: str,
-    registered_name: str | None,
-    extra_files: list[str] | None = None,
-) -> Any:
-    """Log (and register) a model in a format that loads without unpickling: MLflow's
-    ``pt2`` serialization (a ``torch.export`` program) where the model exports, else the
-    ONNX flavour with the model's ONNX file (an int8 graph, a model torch.export cannot
-    trace). ``pipeline.sources.models.load_registered`` reads either back; ``extra_files``
-    (the job's rebuild recipe: spec, safetensors, replay records) go along."""
-    import mlflow.onnx
-    import mlflow.pytorch
-    import onnx
-    import torch
-
-    common = {
-        "name": "best_model",
-        "run_id": run_id,
-        "registered_model_name": registered_name,
-        "extra_files": extra_files or None,
-    }
-    if len(example) < 2:  # MLflow exports with Dim.AUTO: a batch of 1 would fix the batch size
-        example = example.repeat(2, *([1] * (example.dim() - 1)))
-    if not any(isinstance(m, OnnxModule) for m in model.modules()):
-        try:
-            torch.export.export(model.eval(), (example,))  # fails fast where it cannot
-            return mlflow.pytorch.log_model(
-                model,
-                serialization_format="pt2",
-                input_example=example.numpy(),
-                # Given explicitly: inferring them starts a subprocess that reloads the model.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "compressflow"],
-                **common,
-            )
-        except Exception:
-            pass  # not exportable: its ONNX file instead
-    return mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), pip_requirements=["onnxruntime", "compressflow"], **common
-    )

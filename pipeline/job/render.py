@@ -1,0 +1,202 @@
+"""The job's result in words and tables: the summary table and paragraph, the rounds
+table, the front's per-target lines and Prefect's markdown. Reads a summary dict only,
+so ``compressflow report`` renders an earlier job's summary.json the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.records.tracking import achieved_key, run_link
+
+
+def table(summary: dict[str, Any]) -> str:
+    t = summary["target"]
+    rows = [("", "baseline", "best")]
+    b, w = summary["baseline"], summary["best"] or {}
+
+    def fmt(v, spec="{:.4f}"):
+        return "-" if v is None else spec.format(v)
+
+    rows += [
+        ("val accuracy", fmt(b["accuracy"]), fmt(w.get("accuracy"))),
+        ("test accuracy", fmt(b["test_accuracy"]), fmt(w.get("test_accuracy"))),
+        (
+            f"latency ms ({t['runtime']})",
+            fmt(b["latency_ms"], "{:.2f}"),
+            fmt(w.get("latency_ms"), "{:.2f}"),
+        ),
+        ("speedup (measured)", "1.00x", fmt(w.get("speedup"), "{:.2f}x")),
+        ("speedup onnxruntime", "1.00x", fmt(w.get("onnx_speedup"), "{:.2f}x")),
+        ("compression (file)", "1.00x", fmt(w.get("compression"), "{:.2f}x")),
+        ("FLOPs", f"{b['flops']:,}", f"{w['flops']:,}" if w.get("flops") else "-"),
+        ("parameters", f"{b['param_count']:,}", f"{w.get('param_count') or 0:,}"),
+        ("bytes", f"{b['bytes']:,}", f"{w['bytes']:,}" if w.get("bytes") else "-"),
+    ]
+    if w.get("source"):
+        rows.append(("setting from", "-", w["source"]))
+    if w.get("confirmed"):
+        low = min(low for low, _ in w["confirmed"].values())
+        rows.append(("confirmed (low end)", "-", f"{low:.2f}x"))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows]
+    r = summary["rounds"]
+    verdict = "MET" if summary["target_met"] else "NOT MET"
+    where = " and ".join([t["runtime"], *t.get("also_on", [])])
+    entries = summary.get("targets")
+    if entries:
+        values = ", ".join(f"{e['value']:g}" for e in entries)
+        head = f"targets {t['kind']} >= {values} on {where}: {verdict} (all)"
+        lines += ["", *front_lines(t["kind"], entries)]
+    else:
+        head = f"target {t['kind']} >= {t['value']:g} on {where}: {verdict}"
+    tail = f"rounds: {r['total']} ({r['feasible']} feasible, {r['failed']} failed)"
+    if summary.get("screening"):
+        tail += "; " + screening_text(summary["screening"])
+    warned = [f"warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join([head, *lines, tail, *warned])
+
+
+def front_lines(kind: str, entries: list[dict[str, Any]]) -> list[str]:
+    """One line per target of a front: met or not, its winner and where it is registered."""
+    key = achieved_key(kind)
+    out = []
+    for e in entries:
+        best = e["best"]
+        head = f"at {e['value']:g}x: {'MET    ' if e['met'] else 'NOT MET'}"
+        if best is None:
+            out.append(f"{head}  nothing to report")
+            continue
+        line = (
+            f"{head}  round {best['round']} ({best.get('source') or '-'}), val "
+            f"{best['accuracy']:.4f}, test {best['test_accuracy']:.4f}, {key} "
+            f"{best.get(key) or 0:.2f}x"
+        )
+        m = e.get("mlflow") or {}
+        if m.get("version") is not None:
+            line += f", registered {m['registered_model']} v{m['version']} @{m['alias']}"
+        out.append(line)
+    return out
+
+
+def description(summary: dict[str, Any]) -> str:
+    """One paragraph for the parent run and the model version: target, met or not, the
+    winner's accuracy and achieved figure and where its setting came from; for a front,
+    each target's winner; the screenings, if any."""
+    t, b, w, r = summary["target"], summary["baseline"], summary["best"], summary["rounds"]
+    where = " and ".join([t["runtime"], *t.get("also_on", [])])
+    key = achieved_key(t["kind"])
+    entries = summary.get("targets")
+    if entries:
+        met = sum(e["met"] for e in entries)
+        values = ", ".join(f"{e['value']:g}" for e in entries)
+        text = f"compressflow job `{summary['job']}`: targets {t['kind']} >= {values}"
+        text += f" on {where}, {met} of {len(entries)} met. "
+    else:
+        verdict = "met" if summary["target_met"] else "NOT met"
+        text = f"compressflow job `{summary['job']}`: target {t['kind']} >= {t['value']:g}"
+        text += f" on {where}, {verdict}. "
+    if w:
+        source = f", from the {w['source']}" if w.get("source") else ""
+        text += (
+            f"Chosen: round {w['round']} ({'+'.join(w['learners'])}{source}), validation "
+            f"accuracy {w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test accuracy "
+            f"{w['test_accuracy']:.4f} (baseline {b['test_accuracy']:.4f}), "
+            f"{key} {w.get(key) or 0:.2f}x, speedup on {t['runtime']} {w['speedup'] or 0:.2f}x, "
+            f"compression {w['compression'] or 0:.2f}x. "
+        )
+    else:
+        text += nothing_chosen(r).capitalize() + ". "
+    for e in entries or []:
+        best = e["best"]
+        verdict = "met" if e["met"] else "NOT met"
+        if best is None:
+            text += f"At {e['value']:g}x: {verdict}, nothing to report. "
+            continue
+        text += (
+            f"At {e['value']:g}x: {verdict}, round {best['round']}, validation accuracy "
+            f"{best['accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f}, "
+            f"{key} {best.get(key) or 0:.2f}x. "
+        )
+    screened = summary.get("screening")
+    if screened:
+        text += screening_text(screened).capitalize() + ". "
+    text += (
+        f"{r['total']} rounds ({r['feasible']} feasible, {r['failed']} failed); "
+        f"stopped: {summary['stop_reason']}."
+    )
+    return text
+
+
+def screening_text(screened: dict[str, Any]) -> str:
+
+    text = f"screened {screened.get('evaluated', 0)} settings"
+    notes = []
+    if screened.get("skipped"):
+        notes.append(f"{screened['skipped']} more skipped by the latency table")
+    if screened.get("failed"):
+        notes.append(f"{screened['failed']} failed")
+    if notes:
+        text += f" ({', '.join(notes)})"
+    text += f", promoted {screened.get('promoted', 0)} to a fine-tune"
+    rho = screened.get("spearman")
+    text += f", spearman {rho:.2f}" if rho is not None else ", spearman - (fewer than 4)"
+    return text
+
+
+def result_markdown(summary: dict[str, Any]) -> str:
+    """The result for Prefect's UI: the paragraph, the table and the MLflow run link."""
+    m = summary["mlflow"]
+    link = run_link(m["tracking_uri"], m["experiment_id"], m["parent_run_id"])
+    lines = [f"# {summary['job']}", "", description(summary), "", "```", table(summary), "```"]
+    lines += ["", f"MLflow run: [{m['parent_run_id']}]({link})"]
+    if m.get("best_run_id"):
+        best = run_link(m["tracking_uri"], m["experiment_id"], m["best_run_id"])
+        lines.append(f"Chosen candidate: [{m['best_run_id']}]({best})")
+    return "\n".join(lines)
+
+
+def rounds_table(kind: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One short row per round, for Prefect's table artifact and the terminal report."""
+    key = achieved_key(kind)
+    out = []
+    for row in candidates:
+        out.append(
+            {
+                "round": row["round"],
+                "status": row["status"],
+                "accuracy": _round(row.get("accuracy"), 4),
+                key: _round(row.get(key), 3),
+                "compression": _round(row.get("compression"), 3),
+                "feasible": bool(row.get("feasible")),
+                "best": bool(row.get("is_best")),
+                "seconds": _round(row.get("seconds"), 1),
+            }
+        )
+    return out
+
+
+def rounds_text(summary: dict[str, Any]) -> str:
+    """The rounds as an aligned text table (``compressflow report``)."""
+    rows = rounds_table(summary["target"]["kind"], summary.get("candidates", []))
+    if not rows:
+        return "no rounds recorded"
+    cells = [list(rows[0])] + [
+        ["-" if v is None else ("yes" if v is True else "" if v is False else str(v))
+         for v in row.values()]
+        for row in rows
+    ]  # fmt: skip
+    width = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in cells)
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def nothing_chosen(counts: dict[str, int]) -> str:
+    """Why no candidate is reported: none completed, or every one that did is at chance
+    accuracy (a model at chance is never the answer, not even the closest one)."""
+    completed = counts["total"] - counts["failed"]
+    if completed == 0:
+        return "no candidate completed"
+    return f"no candidate is reported: all {completed} completed ones are at chance accuracy"
