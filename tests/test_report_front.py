@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -200,7 +201,17 @@ def test_a_rejected_confirmation_makes_the_next_best_the_winner(tmp_path, monkey
     baseline, state, out = prepared(tmp_path, spec)
     # Round 2 is the most accurate at 3x, but re-measured its interval's low end misses.
     asked = confirm_as(monkeypatch, {2: [2.7, 3.3]})
+    global_uri = mlflow.get_tracking_uri()
     summary, client = finalize(spec, baseline, state, out)
+    # Registered through the job's own client: MLflow's global state is left as it was,
+    # and the logged model belongs to the job's experiment.
+    assert mlflow.get_tracking_uri() == global_uri != spec.tracking.uri
+    model_id = summary["mlflow"]["model_uri"].removeprefix("models:/")
+    assert client.get_logged_model(model_id).experiment_id == summary["mlflow"]["experiment_id"]
+    # A count is param_count; params are settings (the baseline has none).
+    assert "params" not in summary["baseline"]
+    assert summary["baseline"]["param_count"] == baseline.param_count
+    assert summary["best"]["params"] == state.results[0].params
 
     assert asked == [2, 3]
     assert "targets" not in summary  # a single target keeps its shape
@@ -268,3 +279,13 @@ def test_the_remeasurement_is_the_confirmation_step_timing_afresh(tmp_path):
     assert "trace" not in check
     # The same candidate missed a million: the winners' rule rejects it on that interval.
     assert winners.low_end(intervals) < 1e6
+
+
+def test_a_baseline_saved_with_the_older_count_key_still_reads():
+    fields = {
+        "model_path": "m", "onnx_path": "o", "deployable_path": "d", "accuracy": 0.9,
+        "latency_ms": 1.0, "flops": 10, "bytes": 5, "trained_here": False, "pretrain_curve": {},
+    }  # fmt: skip
+    older = Baseline.from_dict({**fields, "params": 123})
+    assert older.param_count == 123 and "params" not in older.to_dict()
+    assert Baseline.from_dict(older.to_dict()) == older
