@@ -55,7 +55,3 @@ class OnnxModule(nn.Module):
         clone = OnnxModule(self.onnx_bytes, self.threads)
         clone.train(self.training)
         return clone
-
-
-def load_onnx_module(path: str | Path, threads: int = 1) -> OnnxModule:
-    return OnnxModule(Path(path).read_bytes(), threads)

@@ -212,8 +212,8 @@ class Tracker:
             self._open(uri, experiment, None)
             return
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        # Jobs started together on a fresh store raced through MLflow's table creation and
-        # migrations (one died with a migration error); they now take turns, here only.
+        # Jobs started together on a fresh store would race through MLflow's table creation
+        # and migrations (one dies with a migration error), so they take turns here.
         with locked(db_file.with_name(db_file.name + ".lock")):
             relocate_store(db_file)  # a store that was moved keeps its artifacts readable
             self._open(uri, experiment, db_file)
