@@ -67,6 +67,30 @@ def _images(n: int = 100, size: int = 8) -> torch.Tensor:
     return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(0))
 
 
+def exiting_factory(**_: object) -> nn.Module:
+    sys.exit(0)
+
+
+def exiting_factory_message(**_: object) -> nn.Module:
+    sys.exit("licence server unreachable (on purpose)")
+
+
+def hard_exiting_factory(**_: object) -> nn.Module:
+    os._exit(7)
+
+
+def interrupting_factory(**_: object) -> nn.Module:
+    raise KeyboardInterrupt
+
+
+def exiting_data():
+    sys.exit(3)
+
+
+def hard_exiting_data():
+    os._exit(0)
+
+
 def raising_data():
     raise OSError("the dataset server is down (on purpose)")
 
@@ -107,6 +131,57 @@ def mixed_shape_data():
 def flat_data():
     """Vectors of 64 features, not images: a conv model cannot take them."""
     return _loaders(_images().flatten(1), torch.arange(100) % 2)
+
+
+def nan_data():
+    x = _images()
+    x[70, 0, 3, 3] = float("nan")  # one pixel of one validation sample
+    return _loaders(x, torch.arange(100) % 2)
+
+
+def inf_data():
+    x = _images()
+    x[5, 0, 0, 0] = float("inf")
+    return _loaders(x, torch.arange(100) % 2)
+
+
+class _Records(torch.utils.data.Dataset):
+    def __init__(self, n: int, shape: str) -> None:
+        self.x, self.y, self.shape = _images(n), torch.arange(n) % 2, shape
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        if self.shape == "dict":
+            return {"image": self.x[i], "label": self.y[i]}
+        return self.x[i], self.y[i], i  # (x, y, extra)
+
+
+def dict_sample_data():
+    return tuple(DataLoader(_Records(n, "dict"), batch_size=16) for n in (60, 20, 20))
+
+
+def triple_sample_data():
+    return tuple(DataLoader(_Records(n, "triple"), batch_size=16) for n in (60, 20, 20))
+
+
+def empty_train_data():
+    x, y = _images(), torch.arange(100) % 2
+    return _loaders(x, y, cuts=((0, 0), (0, 50), (50, 100)))
+
+
+class _NanNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet(10, 1, width=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * float("nan")
+
+
+def nan_output_net(**_: object) -> nn.Module:
+    return _NanNet()
 
 
 def not_loaders_data():
@@ -193,6 +268,17 @@ CASES = [
         "target: {speedup: 2}\nmodel: {source: tests.helpers:tiny_cnn, output: 5}\n",
         "output",
     ),
+    # user code that exits or interrupts: exit 2 with its own message, never 0
+    Case("factory-sys-exit-0", ("--model", f"{HERE}:exiting_factory"), "sys.exit(0)"),
+    Case(
+        "factory-sys-exit-message",
+        ("--model", f"{HERE}:exiting_factory_message"),
+        "licence server unreachable",
+    ),
+    Case("factory-os-exit", ("--model", f"{HERE}:hard_exiting_factory"), "os._exit(7)"),
+    Case("factory-keyboard-interrupt", ("--model", f"{HERE}:interrupting_factory"), "Keyboard"),
+    Case("data-sys-exit", ("--data", f"{HERE}:exiting_data"), "sys.exit(3)"),
+    Case("data-os-exit", ("--data", f"{HERE}:hard_exiting_data"), "os._exit(0)"),
     # data
     Case("data-dir-missing", ("--data", "cifar10:{root}/nowhere"), "not a directory"),
     Case("data-not-importable", ("--data", "tests.nowhere:loaders"), "cannot be imported"),
@@ -204,6 +290,12 @@ CASES = [
     Case("one-class", ("--data", f"{HERE}:one_class_data"), "at least two"),
     Case("val-label-unseen", ("--data", f"{HERE}:val_label_out_of_range_data"), "7"),
     Case("mixed-shapes", ("--data", f"{HERE}:mixed_shape_data"), "1x6x6"),
+    Case("nan-inputs", ("--data", f"{HERE}:nan_data"), "val split's sample 10 holds NaN"),
+    Case("inf-inputs", ("--data", f"{HERE}:inf_data"), "train split's sample 5 holds NaN or inf"),
+    Case("dict-samples", ("--data", f"{HERE}:dict_sample_data"), "a dict with keys"),
+    Case("triple-samples", ("--data", f"{HERE}:triple_sample_data"), "tuple of 3 items"),
+    Case("empty-train-split", ("--data", f"{HERE}:empty_train_data"), "train split is empty"),
+    Case("nan-model-output", ("--model", f"{HERE}:nan_output_net"), "outputs NaN or inf"),
     Case("flat-inputs", ("--data", f"{HERE}:flat_data"), "64"),
     # memory, output, tracking, device, resume
     Case("measure-batch-too-large", ("--measure-batch", "4000000000"), "measure.batch_size"),
@@ -402,14 +494,13 @@ def test_a_negative_control_is_caught():
 def _calibration(tmp_path, monkeypatch, target: float, reached: float):
     from learners.base import ModelInfo
     from learners.channel import ChannelPruning
-    from pipeline.job import calibrate
     from pipeline.spec import parse
     from tests.helpers import example_inputs, tiny_cnn
+    from tests.helpers_aids import calibrate_with
 
-    monkeypatch.setattr(calibrate, "achieved", lambda *a, **k: reached)
     spec = parse({"target": {"speedup": target}})
     info = ModelInfo(tiny_cnn(width=16), example_inputs())
-    return calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+    return calibrate_with(lambda *a, **k: reached, spec, ChannelPruning(), info, tmp_path)
 
 
 def test_a_target_beyond_the_largest_ratio_and_the_noise_is_unreachable(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from pipeline.measure import timing_batch
 from pipeline.records import storage
 from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
+from pipeline.sources.guard import UserCodeExit, guarded
 from pipeline.sources.models import ModelSourceError, with_logits_output
 from pipeline.spec import GPU_RUNTIMES, JobSpec
 
@@ -52,10 +55,14 @@ class Checked:
 
 def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
     check_device(spec)
-    check_task(spec)
-    splits = check_data(spec)
-    model, has_weights = check_model(spec, splits)
-    check_measure_batch(spec, model, splits)
+    # The user's code runs here first: an exit it attempts is a one-line error.
+    with _user_code(f"{spec.task} task's evaluate / loss"):
+        check_task(spec)
+    with _user_code(f"data source {spec.data.source}"):
+        splits = check_data(spec)
+    with _user_code(f"model {spec.model.source}"):
+        model, has_weights = check_model(spec, splits)
+        check_measure_batch(spec, model, splits)
     check_output(spec.output)
     check_tracking(spec.tracking.uri)
     if resume_run_id:
@@ -64,6 +71,16 @@ def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
         except ResumeError as err:
             raise PreflightError(str(err)) from None
     return Checked(splits.num_classes, splits.input_shape, len(splits.train), has_weights)  # type: ignore[arg-type]
+
+
+@contextmanager
+def _user_code(what: str) -> Iterator[None]:
+    """Preflight runs alone in the main thread: ``os._exit`` is caught here too."""
+    try:
+        with guarded(what, hard_exit=True):
+            yield
+    except UserCodeExit as err:
+        raise PreflightError(str(err)) from None
 
 
 def check_device(spec: JobSpec) -> None:
@@ -118,6 +135,14 @@ def check_data(spec: JobSpec) -> Splits:
                 f"train split's are {_dims(shape)}: every split must yield one input shape "
                 "(resize or crop them alike)"
             )
+    for name in ("train", "val", "test"):
+        bad = first_non_finite(getattr(splits, name))
+        if bad is not None:
+            raise PreflightError(
+                f"data source {source}: the {name} split's sample {bad} holds NaN or inf "
+                "inputs: clean or drop such samples (training on them gives NaN losses, "
+                "and every accuracy would be at chance)"
+            )
     if spec.task == "custom":
         return splits  # targets are the user's: their evaluate and loss read them
     by_split = {name: _labels(getattr(splits, name)) for name in ("train", "val", "test")}
@@ -147,6 +172,26 @@ def check_data(spec: JobSpec) -> Splits:
             "classification needs at least two (check the labels or data.limit)"
         )
     return splits
+
+
+# Samples read one by one when a split is not one tensor (a user's map-style dataset).
+SCAN_SAMPLES = 4096
+
+
+def first_non_finite(dataset) -> int | None:
+    """Index of the first sample whose (floating) input holds NaN or inf, else None."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and isinstance(tensors[0], torch.Tensor):
+        x = tensors[0]
+        if not x.is_floating_point():
+            return None
+        bad = (~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).nonzero()
+        return int(bad[0]) if len(bad) else None
+    for i in range(min(len(dataset), SCAN_SAMPLES)):
+        x = dataset[i][0]
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            return i
+    return None
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -179,6 +224,11 @@ def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
         ) from None
     with torch.no_grad():
         out = model(example)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.isfinite().all():
+        raise PreflightError(
+            f"model {m.source} outputs NaN or inf for finite inputs (the first batch of "
+            f"data {spec.data.source}): check its weights and initialisation"
+        )
     if spec.task == "custom":
         return model, has_weights  # any output the user's evaluate and loss understand
     if out.dim() != 2 or out.shape[1] != splits.num_classes:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from pipeline.sources.guard import UserCodeExit, guarded
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -223,7 +225,11 @@ def _from_callable(source: str) -> Splits:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise DataSourceError(f"data source {source!r} cannot be imported: {err}") from None
-    result = fn()
+    try:
+        with guarded(f"data source {source}"):
+            result = fn()
+    except UserCodeExit as err:
+        raise DataSourceError(str(err)) from None
     if isinstance(result, dict):
         result = (result.get("train"), result.get("val"), result.get("test"))
     if not (isinstance(result, tuple) and len(result) == 3 and all(r is not None for r in result)):
@@ -240,11 +246,35 @@ def _from_callable(source: str) -> Splits:
                 f"data source {source!r} must give map-style datasets (len() and indexing), "
                 f"got {type(ds).__name__}"
             )
+        if len(ds):
+            check_sample(source, ds[0])
         labels.update(_class_index(ds[i][1]) for i in range(len(ds)))
         datasets.append(ds)
     train, val, test = datasets
+    for name, ds in zip(("train", "val", "test"), datasets, strict=True):
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise DataSourceError(f"data source {source}: the {name} split is empty")
     x0, _ = train[0]
     return Splits(train, val, test, num_classes=max(labels) + 1, input_shape=tuple(x0.shape))
+
+
+def check_sample(source: str, sample: Any) -> None:
+    """A sample is an ``(input, target)`` pair with a tensor input; anything else is named
+    with what it is and what is supported."""
+    if isinstance(sample, dict):
+        shape = f"a dict with keys {sorted(map(str, sample))[:6]}"
+    elif not isinstance(sample, tuple | list):
+        shape = f"a {type(sample).__name__}"
+    elif len(sample) != 2:
+        shape = f"a {type(sample).__name__} of {len(sample)} items"
+    elif not isinstance(sample[0], torch.Tensor):
+        shape = f"an (input, target) pair whose input is a {type(sample[0]).__name__}"
+    else:
+        return
+    raise DataSourceError(
+        f"data source {source}: a sample is {shape}; supported: (input tensor, target) "
+        "pairs, as TensorDataset(x, y) gives (wrap the dataset to yield them)"
+    )
 
 
 def _class_index(target: Any) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from learners.formats.modelfile import UntrustedModelError, load_model_file, refusal
 from pipeline.records import storage
 from pipeline.sources import zoo
+from pipeline.sources.guard import UserCodeExit, guarded
 
 
 class ModelSourceError(ValueError):
@@ -90,7 +91,10 @@ def build_model(
         except (ImportError, AttributeError) as err:
             raise ModelSourceError(f"model factory {source!r} cannot be imported: {err}") from None
         try:
-            model = _call_factory(factory, num_classes, in_channels, options)
+            with guarded(f"model factory {source}"):
+                model = _call_factory(factory, num_classes, in_channels, options)
+        except UserCodeExit as err:
+            raise ModelSourceError(str(err)) from None
         except Exception as err:
             raise ModelSourceError(
                 f"model factory {source} raised {type(err).__name__}: {err} "
