@@ -26,14 +26,16 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
+from learners.channel.latency_table import RULES, LatencyTable, build_table
 from pipeline import measure
-from pipeline.measure.latency_table import RULES, LatencyTable, build_table
+from pipeline.job.probe import time_models
 from pipeline.sources.zoo import build
 
 MODELS = ("resnet56", "mobilenet_v2", "shufflenet_v2")
@@ -84,7 +86,7 @@ def run(model_name: str, runtime: str, args: argparse.Namespace, workdir: Path) 
     info = ModelInfo(model, torch.randn(1, 3, 32, 32))
     learner = ChannelPruning(granularity=args.granularity).for_runtimes([runtime])
     timing = measure.LatencySettings(runtime, args.batch, args.threads, 3, args.repeats)
-    table = build_table(learner, info, timing, workdir)
+    table = build_table(learner, info, time_models(info, timing, workdir), asdict(timing))
     units = list(table.units)
     c = learner.config
     settings = random_settings(units, c.min_ratio, c.max_ratio, args.settings, args.seed)

@@ -11,7 +11,7 @@ model and seed: the seed also draws the job's splits, so a baseline of another s
 have seen this seed's test images):
 
 - ``rule``: the fixed uniform rule, the smallest single ratio for every stage that meets
-  the measured target (``pipeline.job.calibrate``), then the product's full evaluation
+  the measured target (``learners.channel.calibrate``), then the product's full evaluation
   (``pipeline.job.candidate.evaluate``: prune, fine-tune, BatchNorm, measure).
 - ``global``: Torch-Pruning's global ranking (``global_pruning=True``: one threshold over
   the normalised group importances of the whole network, each layer capped at the
@@ -42,7 +42,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -347,11 +347,14 @@ def load_winner(s: Setup, model_path: str):
 
 
 def run_rule(s: Setup) -> dict[str, Any]:
-    from pipeline.job.calibrate import calibrate
+    from learners.channel.calibrate import calibrate_channel
+    from pipeline.job.probe import probe_for
 
     started = time.perf_counter()
     learner, info = channel_learner(s), model_info(s)
-    found = calibrate(s.spec, learner, info, s.baseline_bytes, s.workdir / "rule", log=print)
+    # timings pooled in the job's <workdir>/measurements, as calibration's were
+    probe = probe_for(s.spec, info, s.baseline_bytes, s.workdir, start=True, predictor=False)
+    found = calibrate_channel(learner, info, replace(probe, workdir=s.workdir / "rule"))
     params = found.start or learner.uniform_params(info, learner.config.max_ratio)
     result = full_evaluation(s, params, 1, s.workdir / "rule")
     if result["status"] != "ok":
@@ -376,8 +379,8 @@ def global_pruned(s: Setup, ratio: float):
 
     import torch_pruning as tp
 
-    from learners import channel_ops
     from learners.channel import multiple_for, output_layers, survey
+    from learners.channel import ops as channel_ops
 
     learner, info = channel_learner(s), model_info(s)
     config = learner.config
@@ -421,7 +424,8 @@ def finetune_like_candidate(s: Setup, model, index: int) -> float:
 
 def meets_target(s: Setup, pruned, folder: Path, trail: list | None = None) -> bool:
     """Whether an un-fine-tuned pruned model meets the target as calibration decides."""
-    from pipeline.job.calibrate import Reached, achieved
+    from learners.aids import Reached
+    from pipeline.job.probe import achieved
 
     example = model_info(s).example_inputs
     raw = achieved(s.spec, s.baseline, pruned, example, s.baseline_bytes, folder)

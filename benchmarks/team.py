@@ -51,7 +51,7 @@ class Clock:
 def instrumented(clock: Clock):
     """Time the search loop, MLflow's per-candidate logging and the optimiser, in place."""
     from hpo.optimizer import Optimizer
-    from pipeline import flows
+    from pipeline.job.twofidelity import TwoFidelity
     from pipeline.records.tracking import Tracker
 
     def timed(owner, name, add):
@@ -78,7 +78,7 @@ def instrumented(clock: Clock):
         clock.optimizer += dt
 
     saved = [
-        (flows, "run_search", timed(flows, "run_search", add_search)),
+        (TwoFidelity, "run", timed(TwoFidelity, "run", add_search)),
         (Tracker, "log_candidate", timed(Tracker, "log_candidate", add_mlflow)),
         (Optimizer, "ask", timed(Optimizer, "ask", add_optimizer)),
         (Optimizer, "tell", timed(Optimizer, "tell", add_optimizer)),

@@ -17,6 +17,8 @@ a third-party learner is checked like a built-in one):
 - ``replay(model, record, ctx)``: the same architecture from a copy of ``model`` and that
   record, without training (no pickle needed to rebuild a candidate).
 - ``save(model, example_inputs, stem)``: writes its deployable file, returns the path.
+- optionally ``prepare(info, probe)``: its search aids (``learners.aids``): a rule start
+  for the target, a cost predictor, a survey record, warnings.
 
 Learners that train call ``ctx.finetune(model)``: the shared loop, with distillation when
 the job asks for it. A built-in learner is a module of this package with a module-level
@@ -38,6 +40,11 @@ from torch.utils.data import DataLoader
 
 from hpo.space import Dimension
 from learners.formats.export import save_deployable
+
+
+class NothingToSearch(ValueError):
+    """A learner finds nothing it could change in this model (``space`` raises it): the
+    job reports why instead of searching."""
 
 
 class Stage(IntEnum):

@@ -1,7 +1,8 @@
 """Learners by name, in one small registry.
 
-Built-ins are found, not listed: every module of this package with a module-level
-``LEARNER`` (a learner class) is one, so adding a learner is adding one file. Third parties
+Built-ins are found, not listed: every module (or subpackage) of this package with a
+module-level ``LEARNER`` (a learner class) is one, so adding a learner is adding one file
+(or one package, when it brings search aids of its own, as ``channel`` does). Third parties
 register through the ``compressflow.learners`` entry-point group (the entry point names a
 learner class), or in-process with ``register``/``unregister``.
 """
@@ -27,8 +28,6 @@ _EXTRA: dict[str, Callable[..., Learner]] = {}
 def _builtin() -> dict[str, Callable[..., Learner]]:
     found: dict[str, Callable[..., Learner]] = {}
     for module_info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module_info.ispkg:
-            continue
         module = importlib.import_module(f"learners.{module_info.name}")
         cls = getattr(module, "LEARNER", None)
         if cls is not None:

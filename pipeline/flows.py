@@ -21,24 +21,21 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from hpo.optimizer import Optimizer
-from hpo.space import split_namespace
-from learners.base import ModelInfo
-from learners.channel import ChannelPruning, NothingToPrune
+from learners.aids import Aids, chain_aids
+from learners.base import ModelInfo, NothingToSearch
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
 from pipeline.job import candidate, report, screening
-from pipeline.job.calibrate import calibrate
 from pipeline.job.datafacts import dataset_facts
 from pipeline.job.modelfile import load_baseline
+from pipeline.job.probe import probe_for
 from pipeline.job.progress import SearchProgress
 from pipeline.job.render import result_markdown, rounds_table
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
-from pipeline.job.search import SearchState, run_search, search_space, state_for
-from pipeline.job.settings import build_learners, latency_settings, splits_for
+from pipeline.job.search import SearchState, search_space, state_for
+from pipeline.job.settings import build_learners, splits_for
 from pipeline.job.summary import baseline_result, candidate_rows
 from pipeline.job.twofidelity import TwoFidelity, screening_budget
-from pipeline.measure.latency_table import LatencyTable, build_table
 from pipeline.records import storage
 from pipeline.records.board import PrefectBoard
 from pipeline.records.redact import redact_data
@@ -274,91 +271,65 @@ def _search_and_report(
 ) -> dict[str, Any]:
     """From the baseline on: a first Ctrl-C or SIGTERM here stops the search between
     rounds and still writes the summary (see ``runners.Interrupts``)."""
-    kind = spec.target.kind
     base_run = tracker.log_baseline(
-        parent, baseline_result(spec, base, base_seconds), kind, reuse=bool(resume_run_id)
+        parent,
+        baseline_result(spec, base, base_seconds),
+        spec.target.kind,
+        reuse=bool(resume_run_id),
     )
     if not resume_run_id:
         data = dataset_facts(spec)
         for run_id in (parent, base_run):
             tracker.log_dataset(run_id, **data)
-    board = PrefectBoard(spec.job_name, log=_log)
     splits = splits_for(spec)
     info = ModelInfo(load_baseline(spec, base.model_path), splits.example_inputs())
+    state = state_for(spec, base.accuracy, splits.num_classes)
     try:
         dims = search_space(spec, info)
-    except NothingToPrune as err:  # no group prunes consistently: a summary says why, exit 3
-        state = state_for(spec, base.accuracy, splits.num_classes)
+    except NothingToSearch as err:  # e.g. no group prunes consistently: a summary says why, exit 3
         why = f"nothing to search: {err}"
         return _nothing_to_search(spec, base, state, why, tracker, parent, out_dir, base_run)
-    rounds = spec.budget.rounds or 30
-    n_init = spec.budget.initial_points or max(2, min(5, rounds // 3))
-    state = state_for(spec, base.accuracy, splits.num_classes)
-    done: list[CandidateResult] = []
     if resume_run_id:
         done = results_from_history(tracker.history(resume_run_id), dims)
         state.add(done)
         _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
-    start: dict[str, Any] | None = None
-    if not resume_run_id:
-        unreachable, start = _fixed_rule(spec, info, base, out_dir, tracker, parent)
-        if unreachable:  # calibration proves it: stop before the search (exit 3)
-            return _nothing_to_search(
-                spec, base, state, unreachable, tracker, parent, out_dir, base_run
-            )
-    batch_args = {"spec": spec, "baseline_uri": base.model_path, "baseline_bytes": base.bytes}
-
-    def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
-        if INTERRUPTS.requested:
-            raise Stopped([], 0)
-        workdir = str(out_dir / "rounds")
-        futures = [
-            pool.submit(
-                evaluate_candidate,
-                {**batch_args, "params": p, "round_index": first + i, "workdir": workdir},
-            )
-            for i, p in enumerate(proposals)
-        ]
-        results = gather(futures)
-        for r in results:  # the rule's own setting is the rule's answer, not the search's
-            if start is not None and r["params"] == start:
-                r["source"] = "fixed rule"
-        return results
-
-    progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
-
-    def on_result(r: CandidateResult, feasible: bool) -> None:
-        tracker.log_candidate(parent, r, feasible, kind)
-        _log(describe(r, state))
-        progress.update(state)
-        rows = candidate_rows(state, {}, state.best())
-        board.rounds(rounds_table(kind, rows), progress.fraction(state), len(rows))
-
-    two_fidelity = None
-    if dims and screening_budget(spec) > 0:
-        two_fidelity = _two_fidelity(
-            spec, state, dims, info, base, out_dir, pool, tracker, parent, resume_run_id, start
+    screens = bool(dims) and screening_budget(spec) > 0
+    aids = _aids(
+        spec, info, base, out_dir, tracker, parent, resumed=bool(resume_run_id), screening=screens
+    )
+    if aids.unreachable and not spec.force_search:  # its calibration proves it (exit 3)
+        return _nothing_to_search(
+            spec, base, state, aids.unreachable, tracker, parent, out_dir, base_run
         )
-        two_fidelity.evaluate, two_fidelity.on_result = evaluate_batch, on_result
-    else:
-        history = [(r.params, state.loss(r)) for r in done]
-        optimizer = Optimizer.from_history(dims, history, seed=spec.seed, n_initial_points=n_init)
-        if start is not None:
-            optimizer.suggest(start)
-
+    search, progress = _search(
+        spec, state, dims, base, out_dir, pool, tracker, parent, resume_run_id, aids
+    )
     started = time.perf_counter()
     with progress:
         try:
-            if two_fidelity is not None:
-                reason = two_fidelity.run()
-            else:
-                state, reason = run_search(spec, optimizer, evaluate_batch, on_result, state)
+            reason = search.run()
         except Stopped as stop:
-            reason = record_stop(stop, state, on_result, pool)
-    screened = two_fidelity.summary() if two_fidelity is not None else None
+            reason = record_stop(stop, state, search.on_result, pool)
+    screened = search.summary() if search.screening else None
     if screened is not None:
         _log(_screening_line(screened, state))
     _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
+    return _report(spec, base, state, reason, tracker, parent, out_dir, base_run, screened)
+
+
+def _report(
+    spec: JobSpec,
+    base: baseline_mod.Baseline,
+    state: SearchState,
+    reason: str,
+    tracker: Tracker,
+    parent: str,
+    out_dir: Path,
+    base_run: str | None,
+    screened: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The summary (winners confirmed, exported, registered), on the board and, for an
+    s3:// output, uploaded."""
     final_spec = spec
     if INTERRUPTS.requested and spec.tracking.register_model:
         # An interrupted job reports its best so far; it does not publish a new version.
@@ -380,7 +351,7 @@ def _search_and_report(
         confirm_winners=not INTERRUPTS.requested,
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
-    board.result(result_markdown(summary))
+    PrefectBoard(spec.job_name, log=_log).result(result_markdown(summary))
     if storage.is_s3(spec.output):
         summary = publish(spec, summary, out_dir, tracker, parent)
     return summary
@@ -432,72 +403,129 @@ def record_stop(stop: Stopped, state: SearchState, on_result: Any, pool: Any) ->
     return f"interrupted by {name}{left}"
 
 
-def _fixed_rule(
+def _aids(
     spec: JobSpec,
     info: ModelInfo,
     base: baseline_mod.Baseline,
     out_dir: Path,
-    tracker: Tracker | None = None,
-    parent: str | None = None,
-) -> tuple[str | None, dict[str, Any] | None]:
-    """Before the search: the channel learner's groups, stages and excluded groups go to
-    the log and to the job's run (``channel_survey.json``); a plain channel-pruning search
-    then starts from the best single uniform ratio (returned, namespaced, as the start).
-    A calibration failure is recorded there too, and the search goes on without that
-    start. Also returns why the target is unreachable when calibration proves it (and
-    ``force_search`` is off), else None."""
-    channel = next((x for x in build_learners(spec) if isinstance(x, ChannelPruning)), None)
-    if channel is None:
-        return None, None
-    unreachable, start = None, None
-    found = channel.survey(info)
-    stages = {s: [g.root for g in found.groups if g.stage == s] for s in found.stages()}
-    _log(
-        f"channel pruning: {len(found.groups)} dependency groups in {len(stages)} "
-        f"{channel.config.granularity}s, channel multiple {channel.config.multiple or 1}"
+    tracker: Tracker,
+    parent: str,
+    *,
+    resumed: bool,
+    screening: bool,
+) -> Aids:
+    """Before the search: what the chain's learners tell it (``learners.aids``): their
+    lines go to the log, their records and files to the job's run. A resumed job asks
+    for no rule start (its history is its start); a predictor is asked for only when
+    there are screenings to skip."""
+    probe = probe_for(
+        spec, info, base.bytes, out_dir, start=not resumed, predictor=screening, log=_log
     )
-    if found.excluded:
-        _log(f"channel pruning {found.describe_excluded()}")
-    record: dict[str, Any] = {
-        "round_to": channel.config.multiple,
-        "groups": [g.to_dict() for g in found.groups],
-        "excluded": [dict(e) for e in found.excluded],
-    }
-    if spec.learners == ["channel"]:
-        calibration = calibrate(spec, channel, info, base.bytes, out_dir / "calibration", log=_log)
-        record["calibration"] = calibration.to_dict()
-        if calibration.start is not None:
-            start = {f"channel.{k}": v for k, v in calibration.start.items()}
-        if calibration.unreachable and not spec.force_search:
-            unreachable = calibration.outcome
-    if tracker is not None and parent is not None:
-        tracker.log_dict(parent, record, "channel_survey.json")
-    return unreachable, start
+    aids = chain_aids(build_learners(spec), info, probe)
+    for line in aids.lines + aids.warnings:
+        _log(line)
+    for name, record in aids.records.items():
+        tracker.log_dict(parent, record, name)
+    for path in aids.files:
+        tracker.log_file(parent, path)
+    return aids
 
 
-def _two_fidelity(
+def _search(
     spec: JobSpec,
     state: SearchState,
     dims: list[Any],
-    info: ModelInfo,
     base: baseline_mod.Baseline,
     out_dir: Path,
     pool: Any,
     tracker: Tracker,
     parent: str,
     resume_run_id: str | None,
-    start: dict[str, Any] | None,
-) -> TwoFidelity:
-    """The two-fidelity search, its screenings batched on the task runner (one task per
-    part of a chunk), recorded in the job's one ``screening`` child run; a resumed job
-    reads the screenings it recorded and does not repeat them."""
+    aids: Aids,
+) -> tuple[TwoFidelity, SearchProgress]:
+    """The job's search loop, its rounds and screenings run on the task runner; every
+    round is recorded as a child run and on the board as it completes."""
     recorded: list[ScreeningResult] = []
-    screen_run = None
+    screen_run = ""  # only a search with screenings records any
+    if dims and screening_budget(spec) > 0:
+        screen_run, recorded = _screening_run(tracker, parent, resume_run_id)
+    search = TwoFidelity(
+        spec=spec,
+        state=state,
+        dims=dims,
+        baseline_accuracy=base.accuracy,
+        screen=_screener(spec, base, out_dir, pool),
+        evaluate=_evaluator(spec, base, out_dir, pool, aids.start),
+        on_screen=lambda rows: tracker.log_screenings(screen_run, rows),
+        on_result=lambda r, feasible: None,  # set below: it reports on the search's state
+        predict=aids.predict,
+        start=aids.start,
+        screenings=recorded,
+        log=_log,
+    )
+    progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
+    board = PrefectBoard(spec.job_name, log=_log)
+    kind = spec.target.kind
+
+    def on_result(r: CandidateResult, feasible: bool) -> None:
+        tracker.log_candidate(parent, r, feasible, kind)
+        _log(describe(r, state))
+        progress.update(state)
+        rows = candidate_rows(state, {}, state.best())
+        board.rounds(rounds_table(kind, rows), progress.fraction(state), len(rows))
+
+    search.on_result = on_result
+    return search, progress
+
+
+def _evaluator(
+    spec: JobSpec,
+    base: baseline_mod.Baseline,
+    out_dir: Path,
+    pool: Any,
+    start: dict[str, Any] | None,
+) -> Any:
+    """Full evaluations of a batch of settings, one task each, in parallel on ``pool``."""
+    batch_args = {"spec": spec, "baseline_uri": base.model_path, "baseline_bytes": base.bytes}
+
+    def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+        if INTERRUPTS.requested:
+            raise Stopped([], 0)
+        workdir = str(out_dir / "rounds")
+        futures = [
+            pool.submit(
+                evaluate_candidate,
+                {**batch_args, "params": p, "round_index": first + i, "workdir": workdir},
+            )
+            for i, p in enumerate(proposals)
+        ]
+        results = gather(futures)
+        for r in results:  # the rule's own setting is the rule's answer, not the search's
+            if start is not None and r["params"] == start:
+                r["source"] = "fixed rule"
+        return results
+
+    return evaluate_batch
+
+
+def _screening_run(
+    tracker: Tracker, parent: str, resume_run_id: str | None
+) -> tuple[str, list[ScreeningResult]]:
+    """The job's one ``screening`` child run and the screenings it holds: a resumed job
+    reads those it recorded and does not repeat them."""
+    screen_run: str | None = None
+    recorded: list[ScreeningResult] = []
     if resume_run_id:
         screen_run, recorded = tracker.recorded_screenings(parent)
         _log(f"resumed {len(recorded)} recorded screenings from run {resume_run_id}")
     if screen_run is None:
         screen_run = tracker.start_screening(parent)
+    return screen_run, recorded
+
+
+def _screener(spec: JobSpec, base: baseline_mod.Baseline, out_dir: Path, pool: Any) -> Any:
+    """Screenings of a chunk of settings, batched on the task runner (one task per part
+    of the chunk, in parallel)."""
     parts = max(1, spec.budget.batch)
     workdir = str(out_dir / "screening")
 
@@ -524,54 +552,7 @@ def _two_fidelity(
         except Stopped:  # screenings are cheap: an interrupted chunk is dropped whole
             raise Stopped([], 0) from None
 
-    return TwoFidelity(
-        spec=spec,
-        state=state,
-        dims=dims,
-        baseline_accuracy=base.accuracy,
-        screen=screen,
-        evaluate=lambda proposals, first: [],  # set by the caller (it records rounds)
-        on_screen=lambda rows: tracker.log_screenings(screen_run, rows),
-        on_result=lambda r, feasible: None,
-        predict=_latency_predictor(spec, info, out_dir, tracker, parent),
-        start=start,
-        screenings=recorded,
-        log=_log,
-    )
-
-
-def _latency_predictor(
-    spec: JobSpec, info: ModelInfo, out_dir: Path, tracker: Tracker, parent: str
-) -> Any:
-    """A predicted speedup for any setting of a plain channel-pruning job on a speedup
-    target, from a per-unit latency table measured once (``latency_table.json``, reused
-    by a resumed run); None for other jobs (every setting is then built)."""
-    if spec.target.kind != "speedup" or spec.learners != ["channel"]:
-        return None
-    channel = next(x for x in build_learners(spec) if isinstance(x, ChannelPruning))
-    saved = out_dir / "latency_table.json"
-    timing = latency_settings(spec, quick=True)
-    if saved.is_file():
-        table = LatencyTable.from_dict(json.loads(saved.read_text()))
-        wanted = json.loads(json.dumps(channel.config.to_dict()))  # tuples as JSON lists
-        if table.settings != timing or table.learner_config != wanted:
-            saved.unlink()  # measured for another runtime, batch or learner range
-    if not saved.is_file():
-        try:
-            table = build_table(
-                channel, info, latency_settings(spec, quick=True), out_dir / "table"
-            )
-        except Exception as err:  # noqa: BLE001 - without a table every setting is built
-            _log(f"latency table failed ({type(err).__name__}: {err}); every setting is built")
-            return None
-        saved.write_text(json.dumps(table.to_dict(), indent=1))
-        tracker.log_file(parent, saved)
-        _log(
-            f"latency table: baseline {table.baseline_ms:.2f} ms, measured in "
-            f"{table.build_seconds:.0f} s; settings predicted below "
-            f"{spec.screening.skip_below:g} of the target are not built"
-        )
-    return lambda params: table.predict_speedup(split_namespace(params, "channel"))
+    return screen
 
 
 def _screening_line(screened: dict[str, Any], state: SearchState) -> str:

@@ -1,13 +1,23 @@
 import pytest
 
+from learners.aids import Reached
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
 from learners.formats import export
 from pipeline import measure
-from pipeline.job import calibrate
-from pipeline.job.calibrate import achieved, uniform_start
+from pipeline.job.probe import achieved
 from pipeline.spec import parse
 from tests.helpers import example_inputs, tiny_cnn
+from tests.helpers_aids import calibrate_with
+
+
+def uniform_start(spec, learner, info, base_bytes, workdir):
+    """The rule's start, calibrated on real file sizes (compression targets)."""
+
+    def measured(model):
+        return achieved(spec, info.model, model, info.example_inputs, base_bytes, workdir)
+
+    return calibrate_with(measured, spec, learner, info, workdir).start
 
 
 def _setup(tmp_path, target):
@@ -19,7 +29,7 @@ def _setup(tmp_path, target):
 
 def test_uniform_start_is_the_smallest_ratio_meeting_the_target(tmp_path):
     spec, learner, info, base_bytes = _setup(tmp_path, 3.0)
-    start = uniform_start(spec, learner, info, base_bytes, tmp_path, log=lambda m: None)
+    start = uniform_start(spec, learner, info, base_bytes, tmp_path)
     ratios = {v for k, v in start.items() if k.startswith("ratio.")}
     assert len(ratios) == 1  # one ratio for every stage
     (ratio,) = ratios
@@ -36,25 +46,24 @@ def test_uniform_start_is_the_smallest_ratio_meeting_the_target(tmp_path):
 
 def test_unreachable_target_gives_no_start(tmp_path):
     spec, learner, info, base_bytes = _setup(tmp_path, 1000.0)
-    assert uniform_start(spec, learner, info, base_bytes, tmp_path, log=lambda m: None) is None
+    assert uniform_start(spec, learner, info, base_bytes, tmp_path) is None
 
 
-def params_ratio(spec, baseline, candidate, example, baseline_bytes, workdir):
-    """A stand-in for measured speedup: deterministic, and rising with the pruning ratio."""
-    return measure.count_params(baseline) / measure.count_params(candidate)
-
-
-def test_bisection_picks_the_smallest_ratio_meeting_a_speedup_target(tmp_path, monkeypatch):
-    monkeypatch.setattr(calibrate, "achieved", params_ratio)
+def test_bisection_picks_the_smallest_ratio_meeting_a_speedup_target(tmp_path):
     spec = parse({"target": {"speedup": 3.0}})
     learner, model, x = ChannelPruning(), tiny_cnn(width=32), example_inputs()
     info = ModelInfo(model, x)
-    start = uniform_start(spec, learner, info, 1, tmp_path, resolution=0.02, log=lambda m: None)
+
+    def params_ratio(candidate):
+        """A stand-in for measured speedup: deterministic, rising with the pruning ratio."""
+        return measure.count_params(model) / measure.count_params(candidate)
+
+    start = calibrate_with(params_ratio, spec, learner, info, tmp_path).start
     (chosen,) = {v for k, v in start.items() if k.startswith("ratio.")}
 
     def value(r):
         pruned, _ = learner.prune(model, learner.uniform_params(info, r), x)
-        return params_ratio(spec, model, pruned, x, 1, tmp_path)
+        return params_ratio(pruned)
 
     # Independently: scan the ratios on a grid finer than the bisection's resolution.
     goal, step = 3.0 * 1.10, 0.005
@@ -105,22 +114,23 @@ def _speedups_by_ratio(intervals):
     """A stand-in for measured speedup: the interval of the largest listed ratio not
     above the probed one (the stand-in reads the ratio from the pruned width)."""
 
-    def fake(spec, baseline, candidate, example, baseline_bytes, workdir):
+    def fake(candidate):
         ratio = 1 - measure.count_params(candidate) ** 0.5 / measure.count_params(baseline) ** 0.5
         key = max((r for r in intervals if r <= ratio + 1e-9), default=min(intervals))
         value, low, high = intervals[key]
-        return calibrate.Reached(value, low, high)
+        return Reached(value, low, high)
 
-    return fake
+    baseline = tiny_cnn(width=32)
+    return baseline, fake
 
 
-def test_a_ratio_meets_the_target_only_when_its_interval_low_end_does(tmp_path, monkeypatch):
+def test_a_ratio_meets_the_target_only_when_its_interval_low_end_does(tmp_path):
     # Every ratio's point figure reaches 3x, but only from 0.6 on does the low end.
     intervals = {0.0: (3.1, 2.5, 3.6), 0.6: (3.3, 3.05, 3.5)}
-    monkeypatch.setattr(calibrate, "achieved", _speedups_by_ratio(intervals))
+    baseline, fake = _speedups_by_ratio(intervals)
     spec = parse({"target": {"speedup": 3.0}})
-    info = ModelInfo(tiny_cnn(width=32), example_inputs())
-    found = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+    info = ModelInfo(baseline, example_inputs())
+    found = calibrate_with(fake, spec, ChannelPruning(), info, tmp_path)
     (chosen,) = {v for k, v in found.start.items() if k.startswith("ratio.")}
     accepted = [t for t in found.trail if t["low"] >= 3.0]
     assert chosen == min(t["ratio"] for t in accepted)
@@ -128,11 +138,10 @@ def test_a_ratio_meets_the_target_only_when_its_interval_low_end_does(tmp_path, 
     assert any(t["low"] < 3.0 and t["ratio"] < chosen for t in found.trail)
 
 
-def test_unreachable_means_even_the_largest_ratios_high_end_misses(tmp_path, monkeypatch):
+def test_unreachable_means_even_the_largest_ratios_high_end_misses(tmp_path):
     spec = parse({"target": {"speedup": 3.0}})
     info = ModelInfo(tiny_cnn(width=32), example_inputs())
     for high, unreachable in ((2.9, True), (3.1, False)):
-        reached = calibrate.Reached(2.7, 2.5, high)
-        monkeypatch.setattr(calibrate, "achieved", lambda *a, r=reached: r)
-        found = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+        reached = Reached(2.7, 2.5, high)
+        found = calibrate_with(lambda m, r=reached: r, spec, ChannelPruning(), info, tmp_path)
         assert found.unreachable is unreachable and found.start is None

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 
 from learners.base import ModelInfo
 from learners.channel import ChannelPruning
-from pipeline.measure import LatencySettings
-from pipeline.measure.latency_table import (
+from learners.channel.latency_table import (
     RULES,
     LatencyTable,
     UnitTimings,
@@ -21,9 +21,12 @@ from pipeline.measure.latency_table import (
     default_ratios,
     non_increasing,
 )
+from pipeline.job.probe import time_models
+from pipeline.measure import LatencySettings
 from tests.helpers import example_inputs, tiny_cnn
 
-FAST = LatencySettings("torch-cpu", batch_size=2, threads=1, warmup=1, repeats=2)
+TIMING = LatencySettings("torch-cpu", batch_size=2, threads=1, warmup=1, repeats=2)
+FAST = asdict(TIMING)
 
 
 def hand_made(rule: str = "calibrated", uniform_power: float = 2.0) -> LatencyTable:
@@ -50,7 +53,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_table(tiny, tmp_path_factory):
     learner, info = tiny
-    return build_table(learner, info, FAST, tmp_path_factory.mktemp("table"), (0.25, 0.5))
+    timed = time_models(info, TIMING, tmp_path_factory.mktemp("table"))
+    return build_table(learner, info, timed, FAST, (0.25, 0.5))
 
 
 def test_default_ratios_spread_over_the_learners_range():
@@ -161,4 +165,4 @@ def test_round_trip_through_json(tiny_table):
 def test_table_ratios_outside_zero_to_one_are_refused(tiny, tmp_path):
     learner, info = tiny
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        build_table(learner, info, FAST, tmp_path, (0.0, 0.5))
+        build_table(learner, info, time_models(info, TIMING, tmp_path), FAST, (0.0, 0.5))

@@ -1,6 +1,8 @@
-"""The layers of architecture.md, read from the source with ``ast``: imports point down
-only, there are no import cycles, and an import inside a function body counts like any
-other (hiding one there does not make a cycle go away)."""
+"""The layers of docs/architecture.md, read from the source with ``ast``: imports point
+down only, there are no import cycles, and an import inside a function body counts like
+any other (hiding one there does not make a cycle go away). The pipeline knows no learner
+by name: it imports none of their modules and compares no chain with a literal; it asks
+the learners (``learners.registry``, ``learners.aids``) instead."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from learners import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hpo", "learners", "pipeline")
@@ -144,3 +148,97 @@ def test_the_checks_catch_hidden_imports(source, expect_upward, expect_cycle, tm
     edges["pipeline.cli.errors"] = set()
     assert bool(upward(edges)) == expect_upward
     assert bool(cycles(edges)) == expect_cycle
+
+
+def learner_modules() -> set[str]:
+    """The built-in learners' own modules (a learner that is a package counts whole)."""
+    here = ROOT / "learners"
+    return {
+        f"learners.{name}"
+        for name in registry.known()
+        if (here / name).is_dir() or (here / f"{name}.py").is_file()
+    }
+
+
+def names_a_learner(module: str, learners: set[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in learners)
+
+
+def pipeline_imports_of_learners(edges: dict[str, set[str]]) -> list[str]:
+    learners = learner_modules()
+    return sorted(
+        f"{m} -> {t}"
+        for m, ts in edges.items()
+        if m.startswith("pipeline")
+        for t in ts
+        if names_a_learner(t, learners)
+    )
+
+
+def _literal(node: ast.AST) -> bool:
+    return isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Constant))
+
+
+def _chain(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "learners"
+
+
+def chain_literals(source: str) -> list[int]:
+    """Lines comparing a chain (``x.learners``) with a literal: ``== ["channel"]``,
+    ``"channel" in spec.learners`` and the like."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        if any(_chain(a) for a in sides) and any(_literal(b) for b in sides):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_pipeline_imports_no_particular_learner():
+    assert learner_modules() >= {"learners.channel", "learners.int8", "learners.lowrank"}
+    assert pipeline_imports_of_learners(graph()) == []
+
+
+def test_no_code_compares_a_chain_with_a_literal():
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for path in module_files().values()
+        if (lines := chain_literals(path.read_text()))
+    }
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from learners.channel import ChannelPruning\n",
+        "from learners.channel.latency_table import build_table\n",
+        "from learners import lowrank\n",
+        "def f():\n    import learners.int8\n",
+    ],
+)
+def test_a_planted_learner_import_under_pipeline_is_caught(source, tmp_path):
+    modules = module_files()
+    fake = tmp_path / "planted.py"
+    fake.write_text(source)
+    edges = graph()
+    edges["pipeline.job.planted"] = imports_of(fake, modules) & set(modules)
+    assert pipeline_imports_of_learners(edges) == [
+        f"pipeline.job.planted -> {t}" for t in sorted(edges["pipeline.job.planted"])
+    ]
+    assert pipeline_imports_of_learners(edges)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'if spec.learners == ["channel"]:\n    pass\n',
+        'ok = "channel" in spec.learners\n',
+        'ok = spec.learners != ("lowrank", "int8")\n',
+    ],
+)
+def test_a_planted_chain_literal_is_caught(source):
+    assert chain_literals(source) == [1]
+    assert chain_literals("ok = spec.learners == other.learners\n") == []

@@ -15,10 +15,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from learners import channel, channel_ops
+from learners import channel
 from learners.base import Context
 from learners.channel import ChannelPruning
-from learners.channel_ops import PermutationPruner, PruningError, StructuredPruner
+from learners.channel import ops as channel_ops
+from learners.channel.ops import PermutationPruner, PruningError, StructuredPruner
 from pipeline import measure
 from pipeline.sources.zoo import build, names
 from pipeline.sources.zoo.shufflenet import ChannelShuffle

@@ -21,16 +21,17 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch_pruning.dependency import index_mapping
 
-from learners import channel_ops
 from learners.base import Context, ModelInfo
 from learners.channel import ROUND_TO, ChannelConfig, ChannelPruning, NothingToPrune, survey
-from learners.channel_ops import PruningError
+from learners.channel import ops as channel_ops
+from learners.channel.ops import PruningError
 from pipeline.cli.main import main
-from pipeline.job import calibrate, export
+from pipeline.job import export, probe
 from pipeline.job.settings import build_learners
 from pipeline.records.results import CandidateResult
 from pipeline.spec import parse
 from tests.helpers import TINY_JOB
+from tests.helpers_aids import calibrate_with
 from tests.helpers_pruning import awkward_net, random_bn_, signal_net, unprunable_net, volume_net
 
 IMAGE = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -99,15 +100,14 @@ def test_calibration_records_a_failure_and_keeps_the_last_ratio_that_met(tmp_pat
             raise RuntimeError("the pruned forward fails at this width")
         return 10.0  # every ratio meets the target
 
-    monkeypatch.setattr(calibrate, "achieved", flaky)
-    found = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+    found = calibrate_with(flaky, spec, ChannelPruning(), info, tmp_path)
     assert [("error" in t) for t in found.trail] == [False, True]
     assert "fails at this width" in found.failures[0]["error"]
     assert found.start is not None and set(found.start.values()) >= {0.8}  # the ratio that met
     assert json.loads((tmp_path / "calibration.json").read_text())["trail"] == found.trail
     calls.clear()
-    monkeypatch.setattr(calibrate, "achieved", lambda *a: 1 / 0)  # fails from the first ratio
-    failed = calibrate.calibrate(spec, ChannelPruning(), info, 1, tmp_path, log=lambda m: None)
+    fails = lambda *a: 1 / 0  # noqa: E731 - fails from the first ratio
+    failed = calibrate_with(fails, spec, ChannelPruning(), info, tmp_path)
     assert failed.start is None and "failed" in failed.outcome
 
 
@@ -244,7 +244,7 @@ def test_a_model_torch_pruning_partly_fails_on_still_yields_a_registered_winner(
     def probe_fails(*args):  # the calibration step hits a width that breaks
         raise RuntimeError("forward fails at this width")
 
-    monkeypatch.setattr(calibrate, "achieved", probe_fails)
+    monkeypatch.setattr(probe, "achieved", probe_fails)
     code = main(
         _flags(
             tmp_path,

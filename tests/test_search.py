@@ -1,11 +1,37 @@
-from hpo import Optimizer, Real
-from pipeline.job.search import SearchState, run_search, should_stop
+"""The search loop with full evaluations only (``budget.screen: 0``: the two-fidelity loop
+with no screenings) and the search state's rules, with fake evaluations."""
+
+from hpo import Real
+from pipeline.job.search import SearchState
+from pipeline.job.twofidelity import TwoFidelity, should_stop
 from pipeline.records.results import CandidateResult
 from pipeline.spec import parse
 
+X = [Real("x", 0.0, 1.0)]
+
 
 def spec(**budget):
-    return parse({"target": {"speedup": 2.0}, "budget": {"patience": 50, **budget}})
+    budget = {"patience": 50, "screen": 0, **budget}
+    return parse({"target": {"speedup": 2.0}, "budget": budget})
+
+
+def run_search(job, dims, evaluate, on_result, start=None):
+    """The job's loop over ``dims``; returns (state, why it stopped, the loop)."""
+    loop = TwoFidelity(
+        spec=job,
+        state=SearchState(job.target.kind, job.target.value),  # no accuracy floor
+        dims=dims,
+        baseline_accuracy=1.0,
+        screen=lambda settings, first: [],
+        evaluate=evaluate,
+        on_screen=lambda rows: None,
+        on_result=on_result,
+        start=start,
+        log=lambda line: None,
+    )
+    assert not loop.screening
+    reason = loop.run()
+    return loop.state, reason, loop
 
 
 def fake_evaluate(failing_rounds=()):
@@ -27,18 +53,19 @@ def fake_evaluate(failing_rounds=()):
 
 def test_loop_spends_the_round_budget_and_keeps_the_best_feasible():
     seen = []
-    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=3)
-    state, reason = run_search(spec(rounds=8), opt, fake_evaluate(), lambda r, f: seen.append(f))
+    job = spec(rounds=8, initial_points=3)
+    state, reason, loop = run_search(job, X, fake_evaluate(), lambda r, f: seen.append(f))
     assert len(state.results) == len(seen) == 8 and "round budget" in reason
     best = state.best_feasible()
     assert best is not None and best.speedup >= 2.0
     assert best.accuracy == max(r.accuracy for r in state.results if r.speedup >= 2.0)
+    (opt,) = loop.optimizers.values()
     assert len(opt.history) == 8  # every round told, infeasible ones too
 
 
 def test_failed_rounds_are_recorded_and_the_search_goes_on():
-    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=2)
-    state, _ = run_search(spec(rounds=5), opt, fake_evaluate({2, 3}), lambda r, f: None)
+    job = spec(rounds=5, initial_points=2)
+    state, _, _ = run_search(job, X, fake_evaluate({2, 3}), lambda r, f: None)
     # Feasible, recomputed from the fake's formula: speedup 1 + 2x >= 2 where x >= 0.5.
     feasible = sum(r.status == "ok" and r.params["x"] >= 0.5 for r in state.results)
     assert state.counts == {"total": 5, "feasible": feasible, "failed": 2}
@@ -47,9 +74,29 @@ def test_failed_rounds_are_recorded_and_the_search_goes_on():
 
 
 def test_batches_respect_the_round_budget():
-    opt = Optimizer([Real("x", 0.0, 1.0)], seed=0, n_initial_points=2)
-    state, _ = run_search(spec(rounds=5, batch=2), opt, fake_evaluate(), lambda r, f: None)
+    job = spec(rounds=5, batch=2, initial_points=2)
+    batches = []
+
+    def evaluate(proposals, first):
+        batches.append(len(proposals))
+        return fake_evaluate()(proposals, first)
+
+    state, _, _ = run_search(job, X, evaluate, lambda r, f: None)
     assert [r.round for r in state.results] == [1, 2, 3, 4, 5]
+    assert batches == [2, 2, 1]
+
+
+def test_the_search_starts_from_the_rules_setting():
+    first_batch = []
+
+    def evaluate(proposals, first):
+        first_batch.extend([] if first_batch else proposals)
+        return fake_evaluate()(proposals, first)
+
+    state, _, _ = run_search(spec(rounds=3), X, evaluate, lambda r, f: None, start={"x": 0.7})
+    assert first_batch == [{"x": 0.7}]
+    assert state.results[0].source == "fixed rule"
+    assert {r.source for r in state.results[1:]} == {"search"}
 
 
 def test_no_feasible_candidate_still_reports_the_closest():
@@ -101,6 +148,6 @@ def test_a_chain_with_nothing_to_tune_runs_one_candidate():
         r.accuracy, r.speedup, r.compression = 0.9, 2.5, 1.0
         return [r.to_dict()]
 
-    state, reason = run_search(spec(rounds=8, batch=3), Optimizer([]), evaluate, lambda r, f: None)
+    state, reason, _ = run_search(spec(rounds=8, batch=3), [], evaluate, lambda r, f: None)
     assert len(state.results) == 1 and "nothing to tune" in reason
     assert state.best_feasible() is state.results[0]

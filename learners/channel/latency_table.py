@@ -3,7 +3,8 @@
 Measured once per job on the declared runtime (NetAdapt's and AMC's per-layer lookup
 tables, here per unit of the channel learner: a stage, or a layer with granularity
 ``layer``): the baseline, and each unit pruned alone at a few ratios. Each unit is timed
-in one interleaved batch with the baseline (``measure.time_interleaved``), and what the
+in one interleaved batch with the baseline (``Probe.time_models``, which the pipeline
+lends: learners do not import its measurement code), and what the
 table keeps of it is the *relative* latency ``ms(unit at r) / ms(baseline, same batch)``,
 so machine drift between batches cancels. Between measured ratios the relative latency
 is interpolated linearly (ratio 0 is the baseline, 1.0, by definition); past the largest
@@ -44,18 +45,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from learners.base import ModelInfo
-from learners.channel import ChannelPruning
-from pipeline.measure import LatencySettings, make_runner, runtime_flags, time_interleaved
+from learners.channel.calibrate import Pruner
+
+# (models, tag) -> (baseline ms, each model's ms), timed in one interleaved batch
+TimeModels = Callable[[list[nn.Module], str], tuple[float, list[float]]]
 
 RULES = ("calibrated", "multiplicative", "additive")
 # A noisy uniform batch must not turn the predictor over (a power <= 0 would make more
@@ -120,12 +122,12 @@ class UnitTimings:
 class LatencyTable:
     """Measured relative latencies per unit; ``predict_ms`` combines them (module docstring).
 
-    ``settings`` and ``learner_config`` say what the table was measured for: a resumed job
-    reuses a recorded table only when both are its own."""
+    ``settings`` (how it was timed) and ``learner_config`` say what the table was measured
+    for: a resumed job reuses a recorded table only when both are its own."""
 
     baseline_ms: float
     units: Mapping[str, UnitTimings]
-    settings: LatencySettings
+    settings: Mapping[str, Any]
     learner_config: Mapping[str, Any] = field(default_factory=dict)
     uniform: UnitTimings | None = None  # every unit at each ratio together
     rule: str = "calibrated"
@@ -201,7 +203,7 @@ class LatencyTable:
             "baseline_ms": self.baseline_ms,
             "units": {name: t.to_dict() for name, t in self.units.items()},
             "uniform": None if self.uniform is None else self.uniform.to_dict(),
-            "settings": asdict(self.settings),
+            "settings": dict(self.settings),
             "learner_config": dict(self.learner_config),
             "rule": self.rule,
             "build_seconds": self.build_seconds,
@@ -213,7 +215,7 @@ class LatencyTable:
         return cls(
             baseline_ms=float(data["baseline_ms"]),
             units={name: UnitTimings.from_dict(u) for name, u in data["units"].items()},
-            settings=LatencySettings(**data["settings"]),
+            settings=dict(data["settings"]),
             learner_config=dict(data.get("learner_config", {})),
             uniform=None if uniform is None else UnitTimings.from_dict(uniform),
             rule=str(data.get("rule", "calibrated")),
@@ -221,24 +223,7 @@ class LatencyTable:
         )
 
 
-def _time_with_baseline(
-    info: ModelInfo,
-    pruned: list[nn.Module],
-    settings: LatencySettings,
-    workdir: Path,
-    tag: str,
-) -> tuple[float, list[float]]:
-    """Median ms of the baseline and of each pruned model, timed interleaved."""
-    model, example = info.model, info.example_inputs
-    runners = [make_runner(model, example, settings, workdir, f"{tag}-base")]
-    runners += [
-        make_runner(m, example, settings, workdir, f"{tag}-{j}") for j, m in enumerate(pruned)
-    ]
-    base, *ms = time_interleaved(runners, settings.warmup, settings.repeats)
-    return base, ms
-
-
-def _prune(learner: ChannelPruning, info: ModelInfo, params: dict[str, float]) -> nn.Module:
+def _prune(learner: Pruner, info: ModelInfo, params: dict[str, float]) -> nn.Module:
     try:
         return learner.prune(info.model, params, info.example_inputs)[0]
     except Exception as err:
@@ -248,20 +233,20 @@ def _prune(learner: ChannelPruning, info: ModelInfo, params: dict[str, float]) -
 
 
 def build_table(
-    learner: ChannelPruning,
+    learner: Pruner,
     info: ModelInfo,
-    settings: LatencySettings,
-    workdir: Path,
+    time_models: TimeModels,
+    settings: Mapping[str, Any],
     ratios: Sequence[float] | None = None,
 ) -> LatencyTable:
     """Time the baseline and every unit of ``learner`` pruned alone at each of ``ratios``
-    (default: ``default_ratios`` over the learner's range) on ``settings``' runtime, and
-    every unit pruned together at each ratio (the uniform settings that calibrate the
-    combination, see the module docstring).
+    (default: ``default_ratios`` over the learner's range) with ``time_models`` (timing as
+    ``settings`` say, recorded in the table), and every unit pruned together at each ratio
+    (the uniform settings that calibrate the combination, see the module docstring).
 
     One interleaved batch per unit (and one for the uniform settings): the baseline and
     that unit's pruned copies, so each relative latency compares models timed side by
-    side. ``workdir`` receives the ONNX files of an ``onnxruntime-cpu`` table."""
+    side."""
     start = time.perf_counter()
     config = learner.config
     points = tuple(sorted(set(ratios or default_ratios(config.min_ratio, config.max_ratio))))
@@ -269,13 +254,12 @@ def build_table(
         raise ValueError(f"table ratios must lie in (0, 1), got {list(points)}")
     names = learner.units(info)
     units: dict[str, UnitTimings] = {}
-    with runtime_flags(settings):
-        for i, unit in enumerate(names):
-            pruned = [_prune(learner, info, {f"ratio.{unit}": r}) for r in points]
-            base, ms = _time_with_baseline(info, pruned, settings, workdir, f"table-{i}")
-            units[unit] = UnitTimings(points, tuple(ms), base)
-        together = [_prune(learner, info, {f"ratio.{u}": r for u in names}) for r in points]
-        base, ms = _time_with_baseline(info, together, settings, workdir, "table-uniform")
+    for i, unit in enumerate(names):
+        pruned = [_prune(learner, info, {f"ratio.{unit}": r}) for r in points]
+        base, ms = time_models(pruned, f"table-{i}")
+        units[unit] = UnitTimings(points, tuple(ms), base)
+    together = [_prune(learner, info, {f"ratio.{u}": r for u in names}) for r in points]
+    base, ms = time_models(together, "table-uniform")
     return LatencyTable(
         baseline_ms=float(np.median([base, *(u.baseline_ms for u in units.values())])),
         units=units,

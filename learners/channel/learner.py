@@ -37,8 +37,10 @@ import torch_pruning as tp
 from torch import nn
 
 from hpo.space import Categorical, Dimension, Real
-from learners import channel_ops
-from learners.base import Context, LearnerDefaults, ModelInfo
+from learners.aids import Aids, Probe
+from learners.base import Context, LearnerDefaults, ModelInfo, NothingToSearch
+from learners.channel import ops as channel_ops
+from learners.channel.aids import prepare_channel
 from learners.finetune import finish_finetune_
 
 IMPORTANCES = {
@@ -57,7 +59,7 @@ MIN_STAGES, MAX_STAGES = 3, 6  # stages cut by resolution and depth
 MAX_BLOCKS = 8  # a model's own top-level blocks are its stages up to this many
 
 
-class NothingToPrune(channel_ops.PruningError):
+class NothingToPrune(channel_ops.PruningError, NothingToSearch):
     """No dependency group of the model can be pruned consistently (the message says why
     for each); the search has nothing to tune."""
 
@@ -433,6 +435,10 @@ class ChannelPruning(LearnerDefaults):
         if len(self.config.importances) > 1:
             params["importance"] = self.config.importances[0]
         return params
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its survey, rule start and latency predictor (``learners.channel.aids``)."""
+        return prepare_channel(self, info, probe)
 
     def prune(self, model: nn.Module, params: dict[str, Any], example_inputs: torch.Tensor):
         """A pruned deep copy of ``model`` and its replayable pruning history. Excluded

@@ -1,19 +1,15 @@
-"""The search loop as plain Python: ask the optimiser, evaluate a batch, tell it, record.
-
-The flow passes in how a batch is evaluated (Prefect tasks on its task runner); unit
-tests pass a plain function. Every result, failed or infeasible, is told to the
-optimiser and recorded; the best candidate so far is always kept.
+"""What the search keeps and how it judges: the job's search space, and the rounds so far
+with what makes one feasible or best (``SearchState``). The loop that fills it is
+``pipeline.job.twofidelity``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.objective import at_chance, loss
-from hpo.optimizer import Optimizer
 from hpo.space import Dimension, namespaced
 from learners import distill
 from learners.base import ModelInfo
@@ -145,41 +141,3 @@ def state_for(spec: JobSpec, baseline_accuracy: float, num_classes: int) -> Sear
         chance=1.0 / max(1, num_classes) if spec.task == "classification" else None,
         targets=spec.target.values,
     )
-
-
-def should_stop(spec: JobSpec, state: SearchState, started: float) -> str | None:
-    b = spec.budget
-    if b.rounds is not None and len(state.results) >= b.rounds:
-        return f"round budget spent ({b.rounds})"
-    if b.minutes is not None and (time.monotonic() - started) / 60 >= b.minutes:
-        return f"time budget spent ({b.minutes:g} min)"
-    if state.all_met() and state.rounds_since_gain >= b.patience:
-        return f"target met and no gain for {state.rounds_since_gain} rounds"
-    return None
-
-
-def run_search(
-    spec: JobSpec,
-    optimizer: Optimizer,
-    evaluate_batch: EvaluateBatch,
-    on_result: Callable[[CandidateResult, bool], None],
-    state: SearchState | None = None,
-) -> tuple[SearchState, str]:
-    state = state or SearchState(spec.target.kind, spec.target.value)
-    started = time.monotonic()
-    while (reason := should_stop(spec, state, started)) is None:
-        if not optimizer.dimensions and state.results:
-            reason = "nothing to tune: the learners have no settings, one candidate is the answer"
-            break
-        n = spec.budget.batch if optimizer.dimensions else 1
-        if spec.budget.rounds is not None:
-            n = min(n, spec.budget.rounds - len(state.results))
-        proposals = optimizer.ask(n)
-        first = len(state.results) + 1
-        raw = evaluate_batch(proposals, first)
-        batch = [CandidateResult.from_dict(r) for r in raw]
-        optimizer.tell([r.params for r in batch], [state.loss(r) for r in batch])
-        state.add(batch)
-        for r in batch:
-            on_result(r, state.feasible(r))
-    return state, reason

@@ -1,4 +1,5 @@
-"""The two-fidelity search: hundreds of screenings, a few full evaluations.
+"""The search loop: hundreds of screenings, a few full evaluations (two fidelities), or
+with ``budget.screen: 0`` full evaluations only (the same loop with no screenings).
 
 Each iteration the optimiser proposes a chunk of settings; those the latency table
 predicts far below every target are not built (recorded as skipped); the rest are
@@ -16,9 +17,13 @@ and corrects them there. Settings skipped by the table are told a loss from thei
 predicted shortfall (with the baseline's accuracy: an optimistic guess the shortfall
 penalty outweighs), so the GP stops proposing them.
 
-The fixed rule's setting (calibration's uniform ratio), when there is one, is screened
-first and fully evaluated first: the search starts from the rule's answer, and its
-source says whether the winner came from the rule or from the search.
+The fixed rule's setting (the chain's rule start, ``learners.aids``), when there is one,
+is screened first and fully evaluated first: the search starts from the rule's answer,
+and its source says whether the winner came from the rule or from the search.
+
+Without screenings each iteration asks the optimisers for a batch of settings and
+evaluates them fully; the optimisers are told each full evaluation's loss as it is (with
+the accuracy floor: there is no screening scale to move it onto).
 """
 
 from __future__ import annotations
@@ -41,16 +46,44 @@ ScreenBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 Predict = Callable[[dict[str, Any]], float | None]
 
+DEFAULT_ROUNDS = 30  # full evaluations when budget.rounds is unset (a time budget may end sooner)
 SCREENS_PER_ROUND = 15  # default screenings per full evaluation (budget.screen unset)
 MIN_DISTANCE = 0.05  # RMS distance in the unit cube below which two settings are "the same"
 MAX_ASK_FACTOR = 3  # proposals asked at most per screening built (skipped ones cost nothing)
+
+
+def planned_rounds(spec: JobSpec) -> int:
+    """Full evaluations the job plans for: ``budget.rounds``, or ``DEFAULT_ROUNDS``."""
+    return spec.budget.rounds or DEFAULT_ROUNDS
 
 
 def screening_budget(spec: JobSpec) -> int:
     """Screenings the job may build: ``budget.screen``, or 15 per full evaluation."""
     if spec.budget.screen is not None:
         return spec.budget.screen
-    return SCREENS_PER_ROUND * (spec.budget.rounds or 30)
+    return SCREENS_PER_ROUND * planned_rounds(spec)
+
+
+def initial_points(spec: JobSpec, screening: bool) -> int:
+    """Random settings each optimiser proposes before its GP is fitted: a sixth of the
+    screenings (5 to 20), or for full evaluations only ``budget.initial_points`` or a
+    third of the rounds (2 to 5)."""
+    if screening:
+        return max(5, min(20, screening_budget(spec) // 6))
+    return spec.budget.initial_points or max(2, min(5, planned_rounds(spec) // 3))
+
+
+def should_stop(spec: JobSpec, state: SearchState, started: float) -> str | None:
+    """Why the search stops now (a budget spent, or the target met and no gain for
+    ``budget.patience`` rounds), or None; ``started`` is a ``time.monotonic`` reading."""
+    b = spec.budget
+    if b.rounds is not None and len(state.results) >= b.rounds:
+        return f"round budget spent ({b.rounds} full evaluations)"
+    if b.minutes is not None and (time.monotonic() - started) / 60 >= b.minutes:
+        return f"time budget spent ({b.minutes:g} min)"
+    if state.all_met() and state.rounds_since_gain >= b.patience:
+        return f"target met and no gain for {state.rounds_since_gain} rounds"
+    return None
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -114,8 +147,9 @@ class TwoFidelity:
     optimizers: dict[float, Optimizer] = field(init=False)
 
     def __post_init__(self) -> None:
-        budget = screening_budget(self.spec)
-        n_init = max(5, min(20, budget // 6))
+        # No dimensions: one candidate is the answer, and there is nothing to screen.
+        self.screening = bool(self.dims) and screening_budget(self.spec) > 0
+        n_init = initial_points(self.spec, self.screening)
         history = {t: self._history(t) for t in self.state.targets}
         self.optimizers = {
             t: Optimizer.from_history(
@@ -123,11 +157,11 @@ class TwoFidelity:
                 history[t],
                 seed=self.spec.seed + i,
                 n_initial_points=n_init,
-                acq_optimizer="sampling",
+                acq_optimizer="sampling" if self.screening else "auto",
             )
             for i, t in enumerate(self.state.targets)
         }
-        if self.start is not None and not self.screenings:
+        if self.start is not None and not self.screenings and not self.state.results:
             self.optimizers[self.state.targets[0]].suggest(self.start)
         # Screenings are recorded as they are made, before any is promoted: a resumed job
         # finds which were promoted from its recorded full evaluations.
@@ -145,9 +179,10 @@ class TwoFidelity:
     def run(self) -> str:
         """Search until a budget or the patience rule stops it; returns why it stopped."""
         started = time.monotonic()
+        if not self.screening:
+            return self._run_full(started)
         budget = screening_budget(self.spec)
-        rounds = self.spec.budget.rounds or 30
-        iterations = max(1, math.ceil(rounds / self.spec.budget.batch))
+        iterations = max(1, math.ceil(planned_rounds(self.spec) / self.spec.budget.batch))
         chunk = max(1, math.ceil(budget / iterations))
         while (reason := self._should_stop(started)) is None:
             left = budget - self.built
@@ -161,16 +196,22 @@ class TwoFidelity:
             self._evaluate(picks)
         return reason
 
+    def _run_full(self, started: float) -> str:
+        """Full evaluations only: each iteration a batch of the optimisers' proposals."""
+        while (reason := self._should_stop(started)) is None:
+            if not self.dims and self.state.results:
+                return "nothing to tune: the learners have no settings, one candidate is the answer"
+            n = self._full_batch() if self.dims else 1
+            first = len(self.screenings) + 1
+            proposals = self._ask(n)
+            self._evaluate(
+                [ScreeningResult(index=first + i, params=p) for i, p in enumerate(proposals)]
+            )
+            self._tell([])
+        return reason
+
     def _should_stop(self, started: float) -> str | None:
-        b = self.spec.budget
-        done = len(self.state.results)
-        if b.rounds is not None and done >= b.rounds:
-            return f"round budget spent ({b.rounds} full evaluations)"
-        if b.minutes is not None and (time.monotonic() - started) / 60 >= b.minutes:
-            return f"time budget spent ({b.minutes:g} min)"
-        if self.state.all_met() and self.state.rounds_since_gain >= b.patience:
-            return f"target met and no gain for {self.state.rounds_since_gain} rounds"
-        return None
+        return should_stop(self.spec, self.state, started)
 
     def _full_batch(self) -> int:
         n = self.spec.budget.batch
@@ -185,13 +226,15 @@ class TwoFidelity:
         return sum(r.status != "skipped" for r in self.screenings)
 
     def _ask(self, n: int) -> list[dict[str, Any]]:
-        """``n`` proposals, shared out over the targets' optimisers in turn."""
+        """``n`` proposals, shared out over the targets' optimisers in turn (a screening
+        chunk from one GP fit; a full batch by skopt's constant liar)."""
         targets = self.state.targets
         shares = [n // len(targets) + (i < n % len(targets)) for i in range(len(targets))]
         proposals: list[dict[str, Any]] = []
         for t, share in zip(targets, shares, strict=True):
             if share:
-                proposals += self.optimizers[t].ask_many(share)
+                opt = self.optimizers[t]
+                proposals += opt.ask_many(share) if self.screening else opt.ask(share)
         return proposals
 
     def _screen_chunk(self, n: int) -> None:
@@ -215,7 +258,8 @@ class TwoFidelity:
             if row.predicted is not None and row.predicted < floor:
                 row.status = "skipped"
                 row.error = (
-                    f"predicted speedup {row.predicted:.2f}x is below {floor:.2f}x "
+                    f"predicted {self.state.target_kind} {row.predicted:.2f}x is below "
+                    f"{floor:.2f}x "
                     f"({self.spec.screening.skip_below:g} of the smallest target)"
                 )
             else:
@@ -227,7 +271,14 @@ class TwoFidelity:
                 done.predicted = row.predicted
                 rows[row.index - first] = done
         self.screenings.extend(rows)
-        # One tell (one GP fit) per chunk: the last full evaluations ride along with it.
+        self._tell(rows)
+        self.on_screen(rows)
+        self._log_chunk(rows)
+        return rows
+
+    def _tell(self, rows: list[ScreeningResult]) -> None:
+        """One tell (one GP fit) per chunk of screenings: the last full evaluations ride
+        along with it (without screenings, a batch's full evaluations alone)."""
         for t, opt in self.optimizers.items():
             told = self._untold.get(t, [])
             opt.tell(
@@ -235,9 +286,6 @@ class TwoFidelity:
                 [v for _, v in told] + [self._screen_loss(r, t) for r in rows],
             )
         self._untold = {}
-        self.on_screen(rows)
-        self._log_chunk(rows)
-        return rows
 
     def _screen_loss(self, row: ScreeningResult, target: float) -> float:
         if row.status == "skipped":
@@ -252,7 +300,7 @@ class TwoFidelity:
         skipped = sum(r.status == "skipped" for r in rows)
         failed = sum(r.status == "failed" for r in rows)
         best = max(ok, key=lambda r: r.accuracy or 0.0, default=None)
-        line = f"screened {len(ok) + failed} settings ({skipped} skipped by the latency table"
+        line = f"screened {len(ok) + failed} settings ({skipped} skipped by the predictor"
         line += f", {failed} failed)" if failed else ")"
         if best is not None:
             line += f"; best screening {best.accuracy:.4f} at {best.achieved:.2f}x"
@@ -318,7 +366,10 @@ class TwoFidelity:
         for row, result in zip(picks, batch, strict=True):
             row.promoted_round = result.round
             result.screening_score = row.accuracy
-            result.source = "fixed rule" if row.params == self.start else "screening"
+            if row.params == self.start:
+                result.source = "fixed rule"
+            elif self.screening:
+                result.source = "screening"
         self.state.add(batch)
         gap = self.fine_tune_gap()
         for t in self.optimizers:  # told with the next chunk of screenings
@@ -341,7 +392,9 @@ class TwoFidelity:
         if r.status != "ok" or r.accuracy is None:
             return FAILED_LOSS
         achieved = r.achieved(self.state.target_kind)
-        return loss(r.accuracy - gap, achieved, target, None)
+        # On the screening scale there is no floor; fine-tuned accuracy alone has one.
+        floor = None if self.screening else self.state.floor
+        return loss(r.accuracy - gap, achieved, target, floor)
 
     def _history(self, target: float) -> list[tuple[dict[str, Any], float]]:
         """What a resumed job's optimiser is told again: every recorded screening and
