@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from torch import nn
 from hpo.space import Categorical, Dimension
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.finetune import calibration_batches
-from learners.formats.export import export_onnx
+from learners.formats.export import export_onnx, ort_session
 from learners.formats.onnx_module import OnnxModule
 from learners.formats.packed import unwrap
 
@@ -231,23 +232,27 @@ def _quantize(
                 op_types_to_quantize=types,
                 nodes_to_exclude=excluded,
             )
-            return
-        quantize_static(
-            str(pre),
-            str(out),
-            _Batches("input", even_batches(calibration)),
-            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-            per_channel=True,
-            activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[calibration_method],
-            op_types_to_quantize=types,
-            nodes_to_exclude=excluded,
-        )
+        else:
+            quantize_static(
+                str(pre),
+                str(out),
+                _Batches("input", even_batches(calibration)),
+                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                per_channel=True,
+                activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[calibration_method],
+                op_types_to_quantize=types,
+                nodes_to_exclude=excluded,
+            )
+        # Some graphs quantise but do not load (a bias initializer shared with a
+        # LayerNorm, quantised as an activation, fed to QGemm): fail here, where the
+        # caller can fall back, rather than in the first forward.
+        ort_session(out.read_bytes(), threads=1)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise RuntimeError(
@@ -404,14 +409,43 @@ class Int8(LearnerDefaults):
         return OnnxModule(data, threads=config.threads).eval()
 
 
+class _Collected(logging.Handler):
+    """Keeps the log records onnxruntime's quantiser emits (it logs through the root
+    logger, one warning per tensor it skips: thousands on a transformer)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().strip().splitlines()[0][:200])
+
+
+@contextlib.contextmanager
+def _collected() -> Iterator[_Collected]:
+    root = logging.getLogger()
+    handlers, collected = root.handlers[:], _Collected()
+    root.handlers = [collected]  # nothing reaches the terminal; the record keeps a summary
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            yield collected
+    finally:
+        root.handlers = handlers
+
+
 def _quantize_quietly(
     model: nn.Module, ctx: Context, config: Int8Config, **options: Any
 ) -> tuple[bytes, dict[str, Any]]:
     inner, _ = unwrap(model)
     static = options.get("mode", "static") == "static"
     batches = calibration_batches(ctx, config.calibration_batches) if static else []
-    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-        return quantize_int8(copy.deepcopy(inner).eval(), ctx.example_inputs, batches, **options)
+    with _collected() as log:
+        data, record = quantize_int8(
+            copy.deepcopy(inner).eval(), ctx.example_inputs, batches, **options
+        )
+    record["quantiser_warnings"] = len(log.messages)
+    record["quantiser_warning_examples"] = list(dict.fromkeys(log.messages))[:3]
+    return data, record
 
 
 LEARNER = Int8
