@@ -83,6 +83,14 @@ def interrupting_factory(**_: object) -> nn.Module:
     raise KeyboardInterrupt
 
 
+def exiting_evaluate(model, loader, device) -> float:
+    sys.exit(0)
+
+
+def interrupting_loss(model, batch) -> torch.Tensor:
+    raise KeyboardInterrupt
+
+
 def exiting_data():
     sys.exit(3)
 
@@ -277,6 +285,16 @@ CASES = [
     ),
     Case("factory-os-exit", ("--model", f"{HERE}:hard_exiting_factory"), "os._exit(7)"),
     Case("factory-keyboard-interrupt", ("--model", f"{HERE}:interrupting_factory"), "Keyboard"),
+    yaml_case(
+        "evaluate-sys-exit",
+        f"target: {{speedup: 2}}\nevaluate: {HERE}:exiting_evaluate\n",
+        "evaluate tests.test_bad_inputs:exiting_evaluate called sys.exit(0)",
+    ),
+    yaml_case(
+        "loss-keyboard-interrupt",
+        f"target: {{speedup: 2}}\nloss: {HERE}:interrupting_loss\n",
+        "interrupting_loss raised KeyboardInterrupt",
+    ),
     Case("data-sys-exit", ("--data", f"{HERE}:exiting_data"), "sys.exit(3)"),
     Case("data-os-exit", ("--data", f"{HERE}:hard_exiting_data"), "os._exit(0)"),
     # data

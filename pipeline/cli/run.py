@@ -231,6 +231,16 @@ def run(args: argparse.Namespace) -> int:
         except Interrupted as err:
             print(f"compressflow: {err} before the search began (no rounds recorded)")
             code = err.exit_code
+        except (SystemExit, KeyboardInterrupt) as err:
+            if INTERRUPTS.requested:
+                raise
+            # Not a signal: code of the user's (a model's forward, say) tried to end the job.
+            what = (
+                f"SystemExit({err.code!r})" if isinstance(err, SystemExit) else "KeyboardInterrupt"
+            )
+            raise UserError(
+                f"user code raised {what} during the job; no summary was written"
+            ) from None
         except Exception:
             if not INTERRUPTS.requested:
                 raise
@@ -263,6 +273,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
     from pipeline.records.tracking import ui_command
     from pipeline.runners import INTERRUPTS, Interrupted, RunnerError
     from pipeline.sources.data import DataSourceError
+    from pipeline.sources.guard import UserCodeExit
     from pipeline.sources.models import ModelSourceError
 
     shape = "x".join(map(str, found.input_shape))
@@ -279,6 +290,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
             StorageError,
             RunnerError,
             preflight.PreflightError,
+            UserCodeExit,
             Interrupted,
         )
         with prefect_api.serving() as api, prefect_api.quiet_console(user_errors):

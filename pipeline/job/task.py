@@ -9,11 +9,13 @@ level. The same metric is the search reward, the accuracy floor and the report's
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
 from learners.finetune import Task, accuracy
+from pipeline.sources.guard import call_guarded
 from pipeline.spec import JobSpec
 
 
@@ -29,7 +31,8 @@ def resolve(field: str, ref: str) -> Callable[..., Any]:
         raise TaskError(f"{field} {ref!r} cannot be imported: {err}") from None
     if not callable(fn):
         raise TaskError(f"{field} {ref!r} is a {type(fn).__name__}, not a function")
-    return fn
+    # An exit it attempts (sys.exit, KeyboardInterrupt) is an error naming it, not the end.
+    return functools.partial(call_guarded, f"{field} {ref}", fn)
 
 
 def task_for(spec: JobSpec, num_classes: int) -> Task:
