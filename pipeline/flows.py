@@ -33,7 +33,7 @@ from pipeline.job.progress import SearchProgress
 from pipeline.job.render import result_markdown, rounds_table
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
 from pipeline.job.search import SearchState, search_space, state_for
-from pipeline.job.settings import build_learners, splits_for
+from pipeline.job.settings import build_learners, measured_by, splits_for
 from pipeline.job.summary import baseline_result, candidate_rows
 from pipeline.job.twofidelity import TwoFidelity, screening_budget
 from pipeline.records import storage
@@ -216,7 +216,11 @@ def run_job(spec: JobSpec, pool: Any, resume_run_id: str | None) -> dict[str, An
     # For the records (job.json, the parent run's params): no credentials in any URI.
     spec_data = redact_data(spec.to_dict())
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
-    parent = resume_run_id or tracker.start_job(spec.job_name, spec_data)
+    if not (parent := resume_run_id):
+        parent = tracker.start_job(spec.job_name, spec_data)
+        # What measure.clock resolved to per runtime (the spec's own param says 'auto').
+        clocks = {f"measure.clock.{r}": c for r, c in measured_by(spec).items()}
+        tracker.log_params(parent, clocks)
     status = "FAILED"
     try:
         with staged_output(spec, parent) as out_dir:

@@ -30,6 +30,7 @@ from learners import registry
 from learners.chain import validate_chain
 from pipeline import jobyaml
 from pipeline.sources.zoo import names
+from pipeline.measure.clocks import clock_problem
 
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
 GPU_RUNTIMES = ("cuda", "cuda-graph")
@@ -283,6 +284,12 @@ class Screening(_Strict):
         default=256, ge=0, description="training samples BatchNorm is re-estimated on per screening"
     )
     val_samples: int = Field(
+    clock: typing.Literal["auto", "wall", "cpu"] = Field(
+        default="auto",
+        description="what times a run: `cpu` (the timing thread's CPU time, which leaves out "
+        "time taken by other processes; torch-cpu and onnxruntime-cpu with threads: 1 "
+        "only), `wall`, or `auto`: cpu where valid, else wall (GPU runtimes: wall)",
+    )
         default=512,
         ge=1,
         description="validation samples (a fixed subset) a screening is scored on",
@@ -600,6 +607,13 @@ class JobSpec(_Strict):
 
 def check_name(name: str, what: str = "name") -> None:
     """A name that becomes one folder (or file) under the output: ``ValueError`` naming
+    @model_validator(mode="after")
+    def _clock_fits_runtimes(self) -> JobSpec:
+        for runtime in self.target.runtimes:
+            if problem := clock_problem(self.measure.clock, runtime, self.measure.threads):
+                raise ValueError(f"measure.clock: {problem}")
+        return self
+
     the rule it breaks."""
     if not name:
         raise ValueError(f"{what} is empty: give a job name such as resnet20-2x")

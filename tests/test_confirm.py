@@ -59,7 +59,7 @@ class SizedClock:
         run.size = measure.count_params(model)  # type: ignore[attr-defined]
         return run
 
-    def time_samples(self, runners, warmup, repeats):
+    def time_samples(self, runners, warmup, repeats, *_):  # clock, trim: fake time
         speedup = self.truth[runners[1].size]
         self.timed += repeats
         jitter = [self.rng.lognormvariate(0, 0.02) for _ in range(2 * repeats)]
@@ -103,7 +103,7 @@ def test_a_candidate_whose_remeasured_interval_misses_is_passed_over(saved, monk
     (wide, wide_size, wide_model), (narrow, narrow_size, _) = c["wide"], c["narrow"]
     # Its round measured the wide one lucky (2.0x, in the pool); truly it is 1.3x.
     pool = MeasurementPool(run / MEASUREMENTS_FOLDER)
-    key = pool_key(baseline, wide_model, example, "torch-cpu", 4, 1)
+    key = pool_key(baseline, wide_model, example, "torch-cpu", 4, 1, "cpu")
     with pool.holding(key):
         pool.add(key, [(10.0, 5.0)] * 40)
     clock = fake_clock(monkeypatch, {wide_size: 1.3, narrow_size: 1.8})
@@ -140,7 +140,7 @@ def test_every_target_runtime_must_hold(saved, monkeypatch):
     clock = fake_clock(monkeypatch, {size: 1.8})
     real_time_samples = clock.time_samples
 
-    def slower_on_onnx(runners, warmup, repeats):  # 1.8x on torch, 1.4x on onnxruntime
+    def slower_on_onnx(runners, warmup, repeats, *_):  # 1.8x on torch, 1.4x on onnxruntime
         onnx = getattr(runners[1], "runtime", None) == "onnxruntime-cpu"
         clock.truth[size] = 1.4 if onnx else 1.8
         return real_time_samples(runners, warmup, repeats)

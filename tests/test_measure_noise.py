@@ -46,7 +46,7 @@ class FakeClock:
         self.timed = 0
         self.lock = threading.Lock()
 
-    def __call__(self, runners, warmup, repeats):
+    def __call__(self, runners, warmup, repeats, *_):  # clock, trim: fake time
         assert len(runners) == 2
         time.sleep(self.delay)  # lets a second thread arrive meanwhile
         with self.lock:
@@ -167,7 +167,7 @@ def test_the_pool_key_separates_machines_and_software_versions(monkeypatch):
     a, b, x = TinyNet(), TinyNet(width=6), example_inputs()
 
     def key(runtime="torch-cpu"):
-        return noise.pool_key(a, b, x, runtime, 32, 1)
+        return noise.pool_key(a, b, x, runtime, 32, 1, "wall")
 
     here, here_onnx = key(), key("onnxruntime-cpu")
     assert key() == here  # stable on one machine

@@ -109,6 +109,7 @@ def screen_batch(
         threads=timing.threads,
         warmup=timing.warmup,
         repeats=spec.screening.repeats,
+        clock=timing.clock,
     )
     results = []
     for offset, params in enumerate(settings):

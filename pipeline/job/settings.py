@@ -11,6 +11,7 @@ from learners import distill, registry
 from learners.base import Learner
 from learners.finetune import DistillSettings, TrainSettings
 from pipeline import measure
+from pipeline.measure.clocks import resolve_clock
 from pipeline.sources.data import Splits, load_splits
 from pipeline.spec import JobSpec
 
@@ -27,7 +28,7 @@ def train_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
     return TrainSettings(
         epochs=f.epochs, lr=f.lr, weight_decay=f.weight_decay, warmup=f.warmup,
-        retries=f.max_retries, autocast=f.autocast,
+        retries=f.max_retries, autocast=f.autocast, optimizer=f.optimizer,
     )  # fmt: skip
 
 
@@ -35,7 +36,7 @@ def pretrain_settings(spec: JobSpec) -> TrainSettings:
     f = spec.finetune
     return TrainSettings(
         epochs=f.pretrain_epochs, lr=f.pretrain_lr, weight_decay=f.weight_decay,
-        warmup=f.warmup, retries=f.max_retries, autocast=f.autocast,
+        warmup=f.warmup, retries=f.max_retries, autocast=f.autocast, optimizer=f.optimizer,
     )  # fmt: skip
 
 
@@ -64,7 +65,15 @@ def latency_settings(
         repeats=max(5, m.repeats // 2) if quick else m.repeats,
         max_repeats=m.max_repeats,
         tolerance=min(0.5, 2 * m.tolerance) if quick else m.tolerance,
+        clock=m.clock,
     )
+
+
+def measured_by(spec: JobSpec) -> dict[str, str]:
+    """The clock (``wall`` or ``cpu``) latency is timed by on each target runtime: what
+    ``measure.clock`` resolved to, for the summary and the MLflow params."""
+    m = spec.measure
+    return {r: resolve_clock(m.clock, r, m.threads) for r in spec.target.runtimes}
 
 
 def build_learners(spec: JobSpec) -> list[Learner]:

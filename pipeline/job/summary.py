@@ -15,6 +15,7 @@ from pipeline.job.baseline import Baseline
 from pipeline.job.export import Exported
 from pipeline.job.registration import target_alias
 from pipeline.job.search import SearchState
+from pipeline.job.settings import measured_by
 from pipeline.job.winners import Winner, target_label
 from pipeline.records.results import CandidateResult
 from pipeline.records.tracking import Tracker, achieved_key, candidate_metrics
@@ -36,6 +37,7 @@ def start(
         "value": spec.target.value,
         "runtime": spec.target.runtime,
         "also_on": spec.target.also_on,
+        "clock": measured_by(spec),
     }
     if spec.target.is_front:
         target["values"] = spec.target.values

@@ -25,7 +25,6 @@ import copy
 import hashlib
 import math
 import statistics
-import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -34,8 +33,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from learners.finetune import accuracy  # noqa: F401  (re-exported: one accuracy definition)
 from learners.formats.export import export_onnx, ort_session
+from pipeline.measure.clocks import (
+    clock_function,
+    clock_problem,
+    involuntary_switches,
+    pinned,
+    quiet_rounds,
+    resolve_clock,
+)
 from pipeline.measure.noise import (
     MeasurementPool,
     Pair,
@@ -183,10 +189,16 @@ class LatencySettings:
     # (its relative half-width); 0: exactly ``repeats`` pairs.
     max_repeats: int = 0
     tolerance: float = 0.03
+    clock: str = "auto"  # wall, cpu, or auto: cpu where valid (``pipeline.measure.clocks``)
+    # Steadiers, each measured by benchmarks/measurement_noise.py before it is turned on:
+    pin: bool = False  # keep the timing thread on one core while it times
+    trim: bool = False  # drop rounds preempted more often than the median round
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
+        if problem := clock_problem(self.clock, self.runtime, self.threads):
+            raise ValueError(problem)
         if self.batch_size < 1 or self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise ValueError(
                 "latency settings need batch_size >= 1, threads >= 1, repeats >= 1 and "
@@ -208,6 +220,11 @@ class LatencySettings:
     @property
     def on_gpu(self) -> bool:
         return self.runtime in GPU_RUNTIMES
+
+    @property
+    def resolved_clock(self) -> str:
+        """The clock the runs are timed by: ``wall`` or ``cpu``."""
+        return resolve_clock(self.clock, self.runtime, self.threads)
 
 
 @dataclass(frozen=True)
@@ -303,26 +320,43 @@ def _cudnn_benchmark():
         torch.backends.cudnn.benchmark = before
 
 
-def time_samples(runners: list[Callable[[], None]], warmup: int, repeats: int) -> list[list[float]]:
-    """Milliseconds of each runner's every timed run, in alternating order (a b, b a, ...)
-    so that machine noise (other processes, frequency changes) falls on all alike."""
+def time_samples(
+    runners: list[Callable[[], None]],
+    warmup: int,
+    repeats: int,
+    clock: str = "wall",
+    trim: bool = False,
+) -> list[list[float]]:
+    """Milliseconds of each runner's every timed run by the resolved ``clock`` (``wall``
+    or ``cpu``), in alternating order (a b, b a, ...) so that machine noise (other
+    processes, frequency changes) falls on all alike. ``trim``: only the rounds (one run
+    of each runner) preempted no more often than the median round (``quiet_rounds``)."""
     for run in runners:
         for _ in range(warmup):
             run()
+    now = clock_function(clock)
     samples: list[list[float]] = [[] for _ in runners]
+    switches: list[int] = []
     order = list(range(len(runners)))
     for _ in range(repeats):
+        before = involuntary_switches()
         for i in order:
-            start = time.perf_counter()
+            start = now()
             runners[i]()
-            samples[i].append((time.perf_counter() - start) * 1000.0)
+            samples[i].append((now() - start) * 1000.0)
+        switches.append(involuntary_switches() - before)
         order.reverse()
+    if trim:
+        keep = quiet_rounds(switches)
+        samples = [[s[j] for j in keep] for s in samples]
     return samples
 
 
-def time_interleaved(runners: list[Callable[[], None]], warmup: int, repeats: int) -> list[float]:
+def time_interleaved(
+    runners: list[Callable[[], None]], warmup: int, repeats: int, clock: str = "wall"
+) -> list[float]:
     """Median milliseconds of each runner, timed interleaved (``time_samples``)."""
-    return [statistics.median(s) for s in time_samples(runners, warmup, repeats)]
+    return [statistics.median(s) for s in time_samples(runners, warmup, repeats, clock)]
 
 
 def compare_latency(
@@ -348,7 +382,13 @@ def compare_latency(
             _more_pairs(baseline, candidate, example_inputs, settings, workdir, [])
         )
     key = pool_key(
-        baseline, candidate, example_inputs, settings.runtime, settings.batch_size, settings.threads
+        baseline,
+        candidate,
+        example_inputs,
+        settings.runtime,
+        settings.batch_size,
+        settings.threads,
+        settings.resolved_clock,
     )
     with pool.holding(key):  # a second comparison of these models waits, then reuses
         earlier = [] if fresh else pool.load(key)
@@ -369,7 +409,7 @@ def _more_pairs(
     already suffice: then nothing is built or run)."""
     pairs = list(pairs)
     runners: list[Callable[[], None]] = []
-    with runtime_flags(settings):
+    with runtime_flags(settings), pinned(settings.pin):
         while missing := _pairs_missing(pairs, settings):
             warmup = 0  # only freshly built runners warm up, not each chunk
             if not runners:
@@ -378,7 +418,8 @@ def _more_pairs(
                     make_runner(candidate, example_inputs, settings, workdir, "candidate"),
                 ]
                 warmup = settings.warmup
-            base, cand = time_samples(runners, warmup, missing)
+            clock = settings.resolved_clock
+            base, cand = time_samples(runners, warmup, missing, clock, settings.trim)
             pairs.extend(zip(base, cand, strict=True))
     return pairs
 
@@ -396,9 +437,10 @@ def _pairs_missing(pairs: list[Pair], settings: LatencySettings) -> int:
 def latency_ms(
     model: nn.Module, example_inputs: torch.Tensor, settings: LatencySettings, workdir: Path
 ) -> float:
-    with runtime_flags(settings):
+    with runtime_flags(settings), pinned(settings.pin):
         run = make_runner(model, example_inputs, settings, workdir, "model")
-        return time_interleaved([run], settings.warmup, settings.repeats)[0]
+        clock = settings.resolved_clock
+        return time_interleaved([run], settings.warmup, settings.repeats, clock)[0]
 
 
 def time_onnx_files(
@@ -407,4 +449,6 @@ def time_onnx_files(
     """Median ms of ONNX files on onnxruntime, interleaved: how a user would time exports."""
     batch = timing_batch(example_inputs, settings.batch_size)
     runners = [_onnx_runner(Path(p), batch, settings.threads) for p in paths]
-    return time_interleaved(runners, settings.warmup, settings.repeats)
+    clock = resolve_clock(settings.clock, "onnxruntime-cpu", settings.threads)
+    with pinned(settings.pin):
+        return time_interleaved(runners, settings.warmup, settings.repeats, clock)

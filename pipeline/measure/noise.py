@@ -158,10 +158,13 @@ def pool_key(
     runtime: str,
     batch_size: int,
     threads: int,
+    clock: str,
 ) -> str:
     """What makes two comparisons the same measurement: both architectures, the input's
-    shape and dtype, how they are timed, and the machine and software that time them
-    (``timing_environment``). Readable runtime first."""
+    shape and dtype, how they are timed (runtime, batch, threads, and the resolved clock:
+    a CPU-time pair and a wall-clock pair of the same models are different figures), and
+    the machine and software that time them (``timing_environment``). Readable runtime
+    first."""
     digest = hashlib.sha256()
     for part in (
         architecture_key(baseline),
@@ -170,7 +173,7 @@ def pool_key(
         timing_environment(runtime),
     ):
         digest.update(part.encode())
-    return f"{runtime}-b{batch_size}-t{threads}-{digest.hexdigest()[:24]}"
+    return f"{runtime}-b{batch_size}-t{threads}-{clock}-{digest.hexdigest()[:24]}"
 
 
 class MeasurementPool:

@@ -70,10 +70,6 @@ class Profile:
         }
 
 
-def _parent(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else ""
-
-
 def torch_time(model: nn.Module, batch: torch.Tensor, repeats: int) -> tuple[dict, float]:
     """Milliseconds of operator time per module row (summed over ``repeats`` profiled
     runs) and the total operator time. Each operator's self time goes to the innermost

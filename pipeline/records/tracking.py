@@ -256,6 +256,9 @@ class Tracker:
         self.log_dict(run.info.run_id, spec, "spec.json")
         return run.info.run_id
 
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+
     def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
         clean = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items() if v is not None]
         for i in range(0, len(clean), 1000):
