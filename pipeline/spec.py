@@ -28,6 +28,7 @@ from pydantic import (
 
 from learners import registry
 from learners.chain import validate_chain
+from learners.finetune import ADAMW_DEFAULTS
 from pipeline import jobyaml
 from pipeline.sources.zoo import names
 from pipeline.measure.clocks import clock_problem
@@ -217,6 +218,21 @@ class Finetune(_Strict):
         description="mixed precision while training on a CUDA device: bf16 (torch.autocast; "
         "weights and optimiser stay fp32) or none; CPU training stays fp32",
     )
+    optimizer: typing.Literal["sgd", "adamw"] = Field(
+        default="sgd",
+        description="sgd (momentum 0.9, Nesterov: convolutional networks) or adamw "
+        "(pretrained transformers); with adamw, lr, pretrain_lr and weight_decay left "
+        f"unset default to {ADAMW_DEFAULTS}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adamw_defaults(cls, data: Any) -> Any:
+        # The SGD defaults (lr 0.02, pretrain_lr 0.1) would wreck a pretrained encoder
+        # under AdamW; values the user set are kept.
+        if isinstance(data, dict) and data.get("optimizer") == "adamw":
+            return {**ADAMW_DEFAULTS, **data}
+        return data
 
     @field_validator("autocast")
     @classmethod
