@@ -320,6 +320,19 @@ CASES = [
     Case("output-is-a-file", ("--output", "{root}/a-file"), "is a file"),
     Case("output-read-only", ("--output", "/sys/compressflow-out"), "cannot be written"),
     Case("output-under-a-file", ("--output", "{root}/a-file/out"), "cannot be written"),
+    Case("summary-json-is-a-folder", ("--summary-json", "{root}"), "is a folder"),
+    Case("summary-json-read-only", ("--summary-json", "/sys/s.json"), "cannot be written"),
+    Case("summary-json-under-a-file", ("--summary-json", "{root}/a-file/s.json"), "is a file"),
+    yaml_case(
+        "measure-pool-read-only",
+        "target: {speedup: 2}\nmeasure: {pool: /sys/compressflow-pool}\n",
+        "measure.pool /sys/compressflow-pool cannot be written",
+    ),
+    yaml_case(
+        "measure-pool-is-a-file",
+        "target: {speedup: 2}\nmeasure: {pool: '{root}/a-file'}\n",
+        "measure.pool",
+    ),
     Case("tracking-unreachable", ("--tracking-uri", "http://127.0.0.1:9"), "does not answer"),
     Case("tracking-store-read-only", ("--tracking-uri", "sqlite:////sys/m.db"), "cannot be"),
     # database stores: probed in preflight, passwords never carried into Prefect
@@ -383,7 +396,7 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad-inputs")
     for case in CASES:
         for name, text in case.files:
-            (root / f"{name}.yaml").write_text(text)
+            (root / f"{name}.yaml").write_text(text.replace("{root}", str(root)))
     (root / "a-file").write_text("not a folder")
     good = TinyNet(10, 1, 16).state_dict()
     torch.save(good, root / "good.pt")

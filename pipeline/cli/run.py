@@ -261,7 +261,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
 
     # Preflight first: a bad input is reported before Prefect and the flow are imported.
     try:
-        found = preflight.check(spec, args.resume)
+        found = preflight.check(spec, args.resume, args.summary_json)
     except preflight.PreflightError as err:
         raise UserError(str(err)) from None
 

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
+from pipeline.job import outputs
 from pipeline.job.modelfile import check_source_learners, check_teacher, source_model
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
@@ -53,7 +54,9 @@ class Checked:
     has_weights: bool
 
 
-def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
+def check(
+    spec: JobSpec, resume_run_id: str | None = None, summary_json: str | None = None
+) -> Checked:
     check_device(spec)
     # The user's code runs here first: an exit it attempts is a one-line error.
     with _user_code(f"{spec.task} task's evaluate / loss"):
@@ -63,7 +66,17 @@ def check(spec: JobSpec, resume_run_id: str | None = None) -> Checked:
     with _user_code(f"model {spec.model.source}"):
         model, has_weights = check_model(spec, splits)
         check_measure_batch(spec, model, splits)
-    check_output(spec.output)
+    try:
+        outputs.check_output(spec.output)
+        if summary_json:
+            outputs.check_summary_path(summary_json)
+        if spec.measure.pool:
+            outputs.probe_folder(Path(spec.measure.pool).expanduser(), "measure.pool")
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        rounds, targets = spec.budget.rounds, len(spec.target.values)
+        outputs.check_free_space(spec.output, size, rounds, targets)
+    except outputs.OutputError as err:
+        raise PreflightError(str(err)) from None
     check_tracking(spec.tracking.uri)
     if resume_run_id:
         try:
@@ -328,28 +341,6 @@ def check_measure_batch(spec: JobSpec, model: nn.Module, splits: Splits) -> None
                 "lower measure.batch_size"
             ) from None
         raise
-
-
-def check_output(output: str) -> None:
-    """The output folder (or s3:// prefix) can be written: a probe file is put and removed."""
-    probe = f".compressflow-probe-{uuid.uuid4().hex[:8]}"
-    if storage.is_s3(output):
-        try:
-            storage.probe_writable(storage.join(output, probe))
-        except storage.StorageError as err:
-            raise PreflightError(f"output {output} is not writable: {err}") from None
-        return
-    folder = Path(output)
-    if folder.exists() and not folder.is_dir():
-        raise PreflightError(f"output {output} is a file, not a folder: choose a folder path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / probe).write_bytes(b"")
-        (folder / probe).unlink()
-    except OSError as err:
-        raise PreflightError(
-            f"output folder {output} cannot be written ({err.strerror}): choose a writable path"
-        ) from None
 
 
 def check_tracking(uri: str) -> None:
