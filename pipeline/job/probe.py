@@ -63,7 +63,8 @@ def time_models(
             for j, m in enumerate(models)
         ]
         with measure.runtime_flags(settings):
-            base, *ms = measure.time_interleaved(runners, settings.warmup, settings.repeats)
+            clock = settings.resolved_clock
+            base, *ms = measure.time_interleaved(runners, settings.warmup, settings.repeats, clock)
         return base, ms
 
     return timed
