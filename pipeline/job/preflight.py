@@ -13,7 +13,6 @@ import base64
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -348,14 +347,9 @@ def check_tracking(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".compressflow-probe-{uuid.uuid4().hex[:8]}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise PreflightError(
-                f"tracking store folder {folder} cannot be written ({err.strerror})"
-            ) from None
+            outputs.probe_folder(folder, "tracking store folder")
+        except outputs.OutputError as err:
+            raise PreflightError(str(err)) from None
         return
     if urllib.parse.urlsplit(uri).scheme.split("+")[0] in SQL_SCHEMES:
         check_sql_store(uri)
