@@ -86,5 +86,8 @@ def _save_onnx(path: str, metadata: Model, onnx_path: str | Path, extra: Any) ->
         path,
         mlflow_model=metadata,
         pip_requirements=["onnxruntime", "compressflow"],
+        # One self-contained file: a graph loaded from bytes cannot reach weights saved
+        # beside it (onnxruntime refuses external data outside its working directory).
+        save_as_external_data=False,
         extra_files=extra or None,
     )
