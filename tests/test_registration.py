@@ -39,7 +39,7 @@ def test_a_version_loads_back_without_pickle(tmp_path, monkeypatch, inside_onnx,
     assert str(found.version) == str(version) and found.run_id == run_id
     logged = tracker.client.get_logged_model(model_id)
     assert logged.experiment_id == tracker.experiment_id and logged.source_run_id == run_id
-    assert str(logged.status) == "READY"
+    assert str(logged.status) == "READY" and "mlflow.user" in logged.tags
     # A models:/ source is read from the registry MLFLOW_TRACKING_URI names (as a job reads it).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     folder = mlflow.artifacts.download_artifacts(f"models:/reg/{version}", dst_path=str(tmp_path))

@@ -513,7 +513,11 @@ class Tracker:
         the model's id (its URI is ``models:/<id>``)."""
         params = {k: str(v) for k, v in self.client.get_run(run_id).data.params.items()}
         logged = self.client.create_logged_model(
-            self.experiment_id, name=name, source_run_id=run_id, params=params
+            self.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params=params,
+            tags=self._provenance,  # who logged it, as on the job's runs
         )
         model_id = logged.model_id
         metadata = Model(
