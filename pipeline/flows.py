@@ -21,11 +21,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from learners.aids import Aids, chain_aids
+from learners.aids import Aids
 from learners.base import ModelInfo, NothingToSearch
+from learners.compose import chain_aids
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
-from pipeline.job import candidate, report, screening
+from pipeline.job import candidate, report, runlock, screening
 from pipeline.job.datafacts import dataset_facts
 from pipeline.job.modelfile import load_baseline
 from pipeline.job.probe import probe_for
@@ -221,6 +222,8 @@ def run_job(spec: JobSpec, pool: Any, resume_run_id: str | None) -> dict[str, An
         # What measure.clock resolved to per runtime (the spec's own param says 'auto').
         clocks = {f"measure.clock.{r}": c for r, c in measured_by(spec).items()}
         tracker.log_params(parent, clocks)
+    # One process per run: a second --resume of it stops here, before it records anything.
+    held = runlock.take(runlock.lock_path(spec.output, spec.job_name, parent), parent)
     status = "FAILED"
     try:
         with staged_output(spec, parent) as out_dir:
@@ -235,6 +238,7 @@ def run_job(spec: JobSpec, pool: Any, resume_run_id: str | None) -> dict[str, An
         return summary
     finally:
         tracker.finish(parent, status="KILLED" if INTERRUPTS.requested else status)
+        runlock.release(held)
 
 
 def _baseline(

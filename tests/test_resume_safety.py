@@ -143,3 +143,60 @@ def test_the_cli_refuses_with_exit_2_and_leaves_the_old_run_untouched(tmp_path, 
     assert after.info.end_time == before.info.end_time
     assert len(tracker.children(parent)) == 1  # no new rounds, no baseline child
     assert not (tmp_path / "out" / "resumable").exists()  # nothing written for the job
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pipeline.job import runlock
+held = runlock.take(Path(sys.argv[1]), sys.argv[2])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_being_run_is_not_resumed_twice_and_a_killed_holder_frees_it(
+    tmp_path, recorded, capsys
+):
+    """A second process resuming a run that one is running (here: a process holding the
+    run's lock) is refused with exit 2 naming that process; once the holder dies, even
+    by kill -9, the run is free again."""
+    import subprocess
+    import sys
+
+    from pipeline.job import runlock
+
+    spec, tracker, parent, _ = recorded
+    lock = runlock.lock_path(spec.output, spec.job_name, parent)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock), parent], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code = main(
+            [
+                "run", *TINY_JOB, "--name", "resumable", "--target-compression", "2",
+                "--experiment", "exp-a", "--tracking-uri", spec.tracking.uri,
+                "--output", str(tmp_path / "out"), "--resume", parent,
+            ]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"job run {parent} is running now in process {holder.pid}" in err
+        assert len(tracker.children(parent)) == 1  # nothing recorded by the refused one
+    finally:
+        holder.kill()
+        holder.wait()
+    runlock.check_free(lock, parent)  # the kernel dropped the dead holder's lock
+    runlock.release(runlock.take(lock, parent))
+
+
+def test_a_held_run_cannot_be_taken_again_until_released(tmp_path):
+    from pipeline.job import runlock
+
+    lock = tmp_path / "run" / runlock.LOCK_FILE
+    held = runlock.take(lock, "r1")
+    with pytest.raises(runlock.RunBusy, match=r"job run r1 is running now in process \d+"):
+        runlock.take(lock, "r1")
+    runlock.release(held)
+    runlock.release(runlock.take(lock, "r1"))

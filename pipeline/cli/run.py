@@ -268,6 +268,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
     from pipeline.cli import prefect_api
     from pipeline.flows import compress
     from pipeline.job.render import table
+    from pipeline.job.runlock import RunBusy
     from pipeline.records.redact import redact
     from pipeline.records.storage import StorageError
     from pipeline.records.tracking import ui_command
@@ -291,6 +292,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
             RunnerError,
             preflight.PreflightError,
             UserCodeExit,
+            RunBusy,
             Interrupted,
         )
         with prefect_api.serving() as api, prefect_api.quiet_console(user_errors):

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
-from pipeline.job import outputs
+from pipeline.job import outputs, runlock
 from pipeline.job.modelfile import check_source_learners, check_teacher, source_model
 from pipeline.job.resume import ResumeError, check_resumable
 from pipeline.job.settings import splits_for
@@ -80,7 +80,9 @@ def check(
     if resume_run_id:
         try:
             check_resumable(spec, resume_run_id)
-        except ResumeError as err:
+            lock = runlock.lock_path(spec.output, spec.job_name, resume_run_id)
+            runlock.check_free(lock, resume_run_id)
+        except (ResumeError, runlock.RunBusy) as err:
             raise PreflightError(str(err)) from None
     return Checked(splits.num_classes, splits.input_shape, len(splits.train), has_weights)  # type: ignore[arg-type]
 
