@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from hpo.space import Categorical, Dimension
+from learners.aids import Aids, Probe, built, measured_predictor
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.finetune import calibration_batches
 from learners.formats.export import export_onnx, ort_session
@@ -305,7 +306,9 @@ class Int8Config:
             ("modes", MODES),
             ("op_sets", OP_SETS),
         ):
-            values = tuple(getattr(self, name))
+            given = getattr(self, name)
+            # "none,last" as a command-line option gives a string, not a tuple
+            values = tuple(given.split(",") if isinstance(given, str) else given)
             object.__setattr__(self, name, values)
             bad = sorted(set(values) - set(allowed))
             if bad:
@@ -356,6 +359,22 @@ class Int8(LearnerDefaults):
             for name, choices in searched
             if len(choices) > 1 or name == "calibration"
         ]
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its rule start is its default setting (the first choice of each option); its
+        predictor measures its own output on the baseline once per setting that changes
+        the graph (the calibration method only moves the scales), so a chain before it
+        is asked only for the rest of the target."""
+        x = info.example_inputs
+
+        def graph(params: dict[str, Any]) -> tuple[str, ...]:
+            options = self.setting(params, x)
+            return tuple(v for k, v in sorted(options.items()) if k != "calibration_method")
+
+        predict = measured_predictor(built(self, info, probe), probe, graph)
+        start = {d.name: d.choices[0] for d in self.space(info) if isinstance(d, Categorical)}
+        factor = predict(start) if probe.start else None
+        return Aids(start=start if probe.start else None, predict=predict, factor=factor)
 
     def setting(self, params: dict[str, Any], inputs: torch.Tensor) -> dict[str, str]:
         """The quantiser's options for searched ``params`` (unsearched ones at their

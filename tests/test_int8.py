@@ -88,6 +88,12 @@ def test_config_errors_say_what_is_allowed(options, message):
         Int8Config(**options)
 
 
+def test_choices_given_as_one_comma_separated_option_are_split():
+    config = Int8Config(keep_float="none,last,first_last", modes="dynamic")
+    assert config.keep_float == ("none", "last", "first_last") and config.modes == ("dynamic",)
+    assert Int8Config(**config.to_dict()) == config
+
+
 def test_calibration_batches_are_made_even_for_onnxruntime():
     ragged = [torch.randn(64, 1, 8, 8), torch.randn(64, 1, 8, 8), torch.randn(52, 1, 8, 8)]
     chunks = even_batches(ragged, 32)
