@@ -7,25 +7,20 @@ to reach: speedup or compression, as the target asks), a survey record for the j
 lines for the log and warnings. Learners may not import the pipeline, so whatever they
 must measure goes through the ``Probe`` the pipeline lends them.
 
-A chain's aids compose its learners' (``chain_aids``): its start is every learner's start
-(none if one has none), its predictor the product of the learners' factors (none if one
-has none). Learners are prepared last to first, each for the target divided by the
-factors the learners after it are predicted to reach at their starts, so a structure
-learner before int8 is asked only for the part int8 does not give.
+A chain's aids are composed from its learners' in ``learners.compose``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-from hpo.space import split_namespace
-from learners.base import Learner, ModelInfo
+from hpo.space import Dimension
+from learners.base import Context, Learner, ModelInfo
 
 KINDS = ("speedup", "compression")
 
@@ -75,7 +70,9 @@ class Probe:
     target runtime; ``timing`` says how (a recorded table is reused only for the same).
     ``start``: whether a rule start is wanted (a resumed job has its own history);
     ``predictor``: whether the search will use a predictor (an expensive one need not be
-    built otherwise). Files go under ``workdir``."""
+    built otherwise). ``context()``: a context for builds without training (the job's
+    data, a fine-tune that does nothing), so a learner can measure its own un-fine-tuned
+    output. Files go under ``workdir``."""
 
     target: Target
     achieved: Callable[[nn.Module], Reached | float]
@@ -85,6 +82,7 @@ class Probe:
     start: bool = True
     predictor: bool = True
     log: Callable[[str], None] = print
+    context: Callable[[], Context] | None = None
 
     def aiming_at(self, value: float) -> Probe:
         return replace(self, target=Target(self.target.kind, value))
@@ -120,44 +118,61 @@ class Prepares(Protocol):
 
 
 def learner_aids(learner: Learner, info: ModelInfo, probe: Probe) -> Aids:
-    """``learner``'s aids, or none for a learner without the capability."""
-    return learner.prepare(info, probe) if isinstance(learner, Prepares) else Aids()
+    """``learner``'s aids, or none for a learner without the capability (or whose
+    ``prepare`` fails: the search then goes on without them, and the log says why)."""
+    if not isinstance(learner, Prepares):
+        return Aids()
+    try:
+        return learner.prepare(info, probe)
+    except Exception as err:  # noqa: BLE001 - aids help the search; they never end the job
+        why = f"{type(err).__name__}: {err}".splitlines()[0]
+        return Aids(lines=[f"{learner.name}: no search aids ({why}); searching without them"])
 
 
-def chain_aids(learners: Sequence[Learner], info: ModelInfo, probe: Probe) -> Aids:
-    """The chain's aids, composed from its learners' (module docstring)."""
-    parts: list[tuple[str, Aids]] = []
-    after = 1.0  # the factor the learners after this one are predicted to give
-    for learner in reversed(learners):
-        aids = learner_aids(learner, info, probe.aiming_at(max(1.0, probe.target.value / after)))
-        parts.insert(0, (learner.name, aids))
-        after *= aids.factor or 1.0
-    chain = Aids()
-    for _, aids in parts:
-        chain.records.update(aids.records)
-        chain.files += aids.files
-        chain.lines += aids.lines
-        chain.warnings += aids.warnings
-    starts = [(name, a.start) for name, a in parts]
-    if all(start is not None for _, start in starts):
-        chain.start = {f"{n}.{k}": v for n, start in starts for k, v in (start or {}).items()}
-        chain.factor = after
-    predictors = [(name, a.predict) for name, a in parts]
-    if all(p is not None for _, p in predictors):
-        chain.predict = product_of(predictors)  # type: ignore[arg-type]
-    if len(parts) == 1:  # with others in the chain, their factors could still make up for it
-        chain.unreachable = parts[0][1].unreachable
-    return chain
+class Compresses(Protocol):
+    """What building a learner's output takes of it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def space(self, info: ModelInfo) -> list[Dimension]: ...
+
+    def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module: ...
 
 
-def product_of(predictors: Sequence[tuple[str, Predict]]) -> Predict:
-    """A chain's predictor: the product of its learners' predicted factors, each given its
-    own (un-namespaced) parameters; None when any learner cannot say."""
+def built(
+    learner: Compresses, info: ModelInfo, probe: Probe
+) -> Callable[[dict[str, Any]], nn.Module]:
+    """Params -> ``learner``'s un-fine-tuned output on the baseline (its own operation,
+    with the probe's context: nothing trains)."""
+
+    def build(params: dict[str, Any]) -> nn.Module:
+        if probe.context is None:
+            raise RuntimeError("the pipeline lent no context to build with")
+        return learner.compress(info.model, params, probe.context())
+
+    return build
+
+
+def measured_predictor(
+    build: Callable[[dict[str, Any]], nn.Module],
+    probe: Probe,
+    key: Callable[[dict[str, Any]], Hashable],
+) -> Predict:
+    """A predictor that measures the learner's output for each distinct ``key`` of a
+    setting once (a few categorical choices: each costs one build and one measurement)
+    and predicts that figure for every setting with the same key; None where the build
+    or the measurement fails."""
+    seen: dict[Hashable, float | None] = {}
 
     def predict(params: dict[str, Any]) -> float | None:
-        factors = [p(split_namespace(params, name)) for name, p in predictors]
-        if any(f is None for f in factors):
-            return None
-        return math.prod(f for f in factors if f is not None)
+        k = key(params)
+        if k not in seen:
+            try:
+                seen[k] = Reached.of(probe.achieved(build(params)), 1.0).value
+            except Exception as err:  # noqa: BLE001 - no prediction: the setting is built
+                probe.log(f"no prediction for {params} ({type(err).__name__}: {err})")
+                seen[k] = None
+        return seen[k]
 
     return predict

@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from hpo.space import Dimension, Integer
+from learners.aids import Aids, Compresses, Probe, built
+from learners.base import ModelInfo
 from learners.formats.packed import unwrap
+from learners.rule import Knob, rule_aids, uniform_params
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -132,3 +135,28 @@ def layer_weight(module: nn.Module) -> torch.Tensor:
 def first_parametrization(module: nn.Module) -> Any:
     """The parametrisation a learner registered on ``module.weight``."""
     return module.parametrizations.weight[0]  # type: ignore[union-attr,index]
+
+
+def bits_aids(
+    learner: Compresses, settings: BitWidthSettings, info: ModelInfo, probe: Probe
+) -> Aids:
+    """A bit-width learner's search aids. For a compression target: the widest uniform
+    width that meets it (bisected from ``max_bits`` down on its un-fine-tuned output,
+    ``learners.rule``) and, with one global width, a curve over the widths that predicts
+    any setting. For a speedup target (the codes are decoded to float weights, so the
+    width changes the file, not the compute): the widest width, and no predictor."""
+    dims = learner.space(info)
+    widths = [d.name for d in dims if isinstance(d, Integer)]
+    if not widths or probe.target.kind != "compression":
+        return Aids(start=uniform_params(dims, settings.max_bits)) if probe.start else Aids()
+    knob = Knob(
+        name="bits",
+        lo=settings.max_bits,
+        hi=settings.min_bits,
+        params_for=lambda bits: uniform_params(dims, bits),
+        build=built(learner, info, probe),
+        hint=f" or lower learner_options.{learner.name}.min_bits",
+        integer=True,
+        param="bits" if widths == ["bits"] else None,
+    )
+    return rule_aids(learner.name, knob, probe)

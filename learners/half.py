@@ -33,6 +33,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from hpo.space import Categorical, Dimension
+from learners.aids import Aids, Probe, built, measured_predictor
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -131,6 +132,16 @@ class Half(LearnerDefaults):
         if not self.config.search_keep_first_last:
             return []
         return [Categorical("keep_first_last", (False, True))]
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its rule start: every layer in half precision; its predictor measures its
+        output on the baseline once per choice of keeping the first and last layers."""
+        predict = measured_predictor(
+            built(self, info, probe), probe, lambda p: bool(p.get("keep_first_last"))
+        )
+        start = {"keep_first_last": False} if self.space(info) else {}
+        factor = predict(start) if probe.start else None
+        return Aids(start=start if probe.start else None, predict=predict, factor=factor)
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         c = self.config

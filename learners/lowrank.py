@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 from hpo.space import Dimension, Real, to_python
+from learners.aids import Aids, Probe
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.finetune import finish_finetune_
+from learners.rule import Knob, rule_aids, uniform_params
 
 GRANULARITIES = ("stage", "layer")
 CONVOLUTIONS = ("all", "pointwise", "none")  # which convs may be factorised besides Linear
@@ -210,6 +212,22 @@ def factorise_(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
     return model
 
 
+def predicted_compression(info: ModelInfo, params: dict[str, Any], config: LowRankConfig) -> float:
+    """The file's compression for ``params``, predicted as the ratio of the numbers it
+    stores (parameters and buffers, fp32 both before and after): each factorised layer
+    keeps rank * (fan_in + out) weights of out * fan_in. The graph's own bytes are left
+    out, so a small model's file is predicted slightly smaller than it is."""
+    model = info.model
+    modules = dict(model.named_modules())
+    stored = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    saved = 0
+    for name, rank in plan(model, params, info.example_inputs, config).items():
+        out, *rest = modules[name].weight.shape  # type: ignore[union-attr]
+        fan_in = math.prod(rest)
+        saved += out * fan_in - rank * (fan_in + out)
+    return stored / max(1, stored - saved)
+
+
 class LowRank(LearnerDefaults):
     name = "lowrank"
     stage = Stage.STRUCTURE
@@ -229,6 +247,30 @@ class LowRank(LearnerDefaults):
     def uniform_params(self, info: ModelInfo, fraction: float) -> dict[str, Any]:
         """One rank fraction for every unit (the fixed rule; a search start)."""
         return {d.name: fraction for d in self.space(info)}
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its rule start: the largest kept-rank fraction, the same for every unit, whose
+        factorised (SVD, un-fine-tuned) model meets the target (``learners.rule``); for
+        a compression target also a predictor, from the weights a setting keeps
+        (``predicted_compression``). No speedup predictor: fewer FLOPs are not a speedup."""
+        c, dims = self.config, self.space(info)
+        knob = Knob(
+            name="fraction",
+            lo=c.max_fraction,
+            hi=c.min_fraction,
+            params_for=lambda fraction: uniform_params(dims, fraction),
+            build=lambda params: self.factorised(info, params),
+            hint=" or lower learner_options.lowrank.min_fraction",
+        )
+        aids = rule_aids(self.name, knob, probe)
+        if probe.target.kind == "compression":
+            aids.predict = lambda params: predicted_compression(info, params, c)
+        return aids
+
+    def factorised(self, info: ModelInfo, params: dict[str, Any]) -> nn.Module:
+        """The factorised copy of ``info``'s model for ``params`` (SVD weights, untrained)."""
+        ranks = plan(info.model, params, info.example_inputs, self.config)
+        return factorise_(copy.deepcopy(info.model), ranks).eval()
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         ranks = plan(model, params, ctx.example_inputs, self.config)

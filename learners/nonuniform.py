@@ -23,9 +23,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hpo.space import Categorical, Dimension
+from learners.aids import Aids, Probe
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.bitwidth import (
     bit_dimensions,
+    bits_aids,
     check_bit_settings,
     first_parametrization,
     layer_bits,
@@ -200,6 +202,10 @@ class NonUniformQuantization(LearnerDefaults):
         if len(c.inits) > 1:
             dims.append(Categorical("init", c.inits))
         return dims
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its rule start and predictor over the bit widths (``bitwidth.bits_aids``)."""
+        return bits_aids(self, self.config, info, probe)
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         c = self.config

@@ -32,10 +32,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hpo.space import Dimension
+from learners.aids import Aids, Probe
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.bitwidth import (
     average_bits,
     bit_dimensions,
+    bits_aids,
     check_bit_settings,
     first_parametrization,
     layer_bits,
@@ -243,6 +245,10 @@ class Qat(LearnerDefaults):
 
     def space(self, info: ModelInfo) -> list[Dimension]:
         return bit_dimensions(self.config, info.model)
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """Its rule start and predictor over the bit widths (``bitwidth.bits_aids``)."""
+        return bits_aids(self, self.config, info, probe)
 
     def compress(self, model: nn.Module, params: dict[str, Any], ctx: Context) -> nn.Module:
         c = self.config

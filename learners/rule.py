@@ -20,13 +20,15 @@ never takes the job down.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from torch import nn
 
-from learners.aids import Probe, Reached
+from hpo.space import Categorical, Dimension, Integer
+from learners.aids import Aids, Predict, Probe, Reached
 
 
 @dataclass
@@ -69,6 +71,14 @@ class Knob:
     params_for: Callable[[float], dict[str, Any]]
     build: Callable[[dict[str, Any]], nn.Module]
     hint: str = ""
+    integer: bool = False  # bit widths: only whole values are settings
+    # The parameter that holds the knob when it is the learner's only dimension: then a
+    # curve measured along the knob predicts any setting (``rule_aids``).
+    param: str | None = None
+
+    def mid(self, a: float, b: float) -> float:
+        m = (a + b) / 2
+        return float(round(m)) if self.integer else m
 
 
 def calibrate(
@@ -82,6 +92,7 @@ def calibrate(
     found = Calibration(knob=knob.name)
     value = _measurer(knob, probe, found, margin)
     lo, hi = knob.lo, knob.hi
+    resolution = max(resolution, 1.0) if knob.integer else resolution
     first = value(hi)
     if first is None:
         found.outcome = "calibration failed; the search starts without the fixed rule's point"
@@ -101,7 +112,7 @@ def calibrate(
         )
     else:
         while abs(hi - lo) > resolution:
-            mid = (lo + hi) / 2
+            mid = knob.mid(lo, hi)
             got = value(mid)
             if got is None:
                 break  # hi met the target: start there
@@ -134,3 +145,61 @@ def _measurer(
         return got
 
     return value
+
+
+def uniform_params(dims: Sequence[Dimension], value: float) -> dict[str, Any]:
+    """One value for every numeric dimension (whole for an ``Integer``), each categorical
+    at its first choice: the fixed rule's setting of a learner whose dimensions are one
+    knob per unit."""
+    params: dict[str, Any] = {}
+    for d in dims:
+        if isinstance(d, Categorical):
+            params[d.name] = d.choices[0]
+        else:
+            params[d.name] = int(round(value)) if isinstance(d, Integer) else value
+    return params
+
+
+def rule_aids(name: str, knob: Knob, probe: Probe) -> Aids:
+    """A learner's aids from its knob: the rule start (``calibrate``, its record as
+    ``<name>_rule.json``) and, when the knob is the learner's only dimension
+    (``Knob.param``), a predictor interpolated along the knob's measured figures."""
+    aids = Aids()
+    trail: list[dict[str, Any]] = []
+    if probe.start:
+        found = calibrate(knob, replace(probe, workdir=probe.workdir / "calibration" / name))
+        aids.records[f"{name}_rule.json"] = found.to_dict()
+        aids.start, aids.factor, trail = found.start, found.reached, found.trail
+        aids.unreachable = found.outcome if found.unreachable else None
+    if probe.predictor and knob.param is not None:
+        aids.predict = curve_predictor(knob, probe, trail)
+    return aids
+
+
+def curve_predictor(knob: Knob, probe: Probe, trail: list[dict[str, Any]]) -> Predict | None:
+    """The figure at any knob value, interpolated between measured ones: the
+    calibration's ``trail`` and both ends of the knob (measured here if the trail lacks
+    them), made non-decreasing from the weakest end (a stronger setting is never
+    predicted to give less). None when an end cannot be measured."""
+    points = {float(t[knob.name]): float(t["achieved"]) for t in trail if "achieved" in t}
+    for end in (knob.lo, knob.hi):
+        if end not in points:
+            try:
+                points[end] = Reached.of(
+                    probe.achieved(knob.build(knob.params_for(end))), 1.0
+                ).value
+            except Exception as err:  # noqa: BLE001 - without a curve every setting is built
+                probe.log(f"{knob.name} curve: the end {end} failed ({type(err).__name__}: {err})")
+                return None
+    span = knob.hi - knob.lo
+    strength = sorted(((x - knob.lo) / span, y) for x, y in points.items())
+    xs = [x for x, _ in strength]
+    ys = list(np.maximum.accumulate([y for _, y in strength]))
+    param = knob.param
+
+    def predict(params: dict[str, Any]) -> float | None:
+        if param not in params:
+            return None
+        return float(np.interp((float(params[param]) - knob.lo) / span, xs, ys))
+
+    return predict

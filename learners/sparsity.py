@@ -23,10 +23,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hpo.space import Dimension, Real
+from learners.aids import Aids, Probe, built
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.bitwidth import first_parametrization, layer_weight, weight_layers
 from learners.finetune import finish_finetune_
 from learners.formats.packed import PackedModel, TensorCodec, unwrap
+from learners.rule import Knob, rule_aids
 
 ALLOCATIONS = ("uniform", "layer", "global")
 
@@ -254,6 +256,28 @@ class Sparsity(LearnerDefaults):
             inner, _ = unwrap(info.model)
             dims += [Real(f"share.{n}", 0.1, 1.0) for n, _ in weight_layers(inner, c.exclude)]
         return dims
+
+    def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
+        """For a compression target: the least uniform sparsity that meets it (bisected
+        on its packed, un-fine-tuned output, ``learners.rule``) and, when the sparsity is
+        its only dimension, a curve over it that predicts any setting. For a speedup
+        target (the packed file is decoded to dense weights, so zeros do not run
+        faster): the least sparsity, and no predictor."""
+        c = self.config
+        shares = {d.name: 1.0 for d in self.space(info) if d.name.startswith("share.")}
+        if c.sparsity is not None or probe.target.kind != "compression":
+            start = shares if c.sparsity is not None else {**shares, "sparsity": c.min_sparsity}
+            return Aids(start=start) if probe.start else Aids()
+        knob = Knob(
+            name="sparsity",
+            lo=c.min_sparsity,
+            hi=c.max_sparsity,
+            params_for=lambda s: {**shares, "sparsity": s},
+            build=built(self, info, probe),
+            hint=" or raise learner_options.sparsity.max_sparsity",
+            param=None if shares else "sparsity",
+        )
+        return rule_aids(self.name, knob, probe)
 
     def target(self, params: dict[str, Any]) -> float:
         c = self.config

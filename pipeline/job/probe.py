@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from learners.aids import Probe, Reached, Target
-from learners.base import ModelInfo
+from learners.base import Context, ModelInfo
 from learners.formats import export
 from pipeline import measure
 from pipeline.job.candidate import measurement_pool
+from pipeline.job.screening import no_finetune, screening_loaders
 from pipeline.job.settings import latency_settings
 from pipeline.spec import JobSpec
 
@@ -70,6 +71,18 @@ def time_models(
     return timed
 
 
+def build_context(spec: JobSpec, example: torch.Tensor) -> Callable[[], Context]:
+    """A context for a learner's un-fine-tuned builds: the screenings' data (BatchNorm
+    and calibration batches from the training split, a validation subset) and a
+    fine-tune that does nothing."""
+
+    def context() -> Context:
+        bn_loader, val_loader = screening_loaders(spec, spec.seed)
+        return Context(bn_loader, val_loader, example, no_finetune, seed=spec.seed)
+
+    return context
+
+
 def probe_for(
     spec: JobSpec,
     info: ModelInfo,
@@ -95,4 +108,5 @@ def probe_for(
         start=start,
         predictor=predictor,
         log=log,
+        context=build_context(spec, info.example_inputs),
     )

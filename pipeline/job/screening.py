@@ -46,7 +46,7 @@ from pipeline.records.results import ScreeningResult
 from pipeline.spec import JobSpec
 
 
-def _no_finetune(model: torch.nn.Module, **_: Any) -> dict[str, list[float]]:
+def no_finetune(model: torch.nn.Module, **_: Any) -> dict[str, list[float]]:
     """``ctx.finetune`` for a screening: learners that would train do not."""
     return {}
 
@@ -122,7 +122,7 @@ def screen_batch(
                 train_loader=bn_loader,
                 val_loader=val_loader,
                 example_inputs=example,
-                finetune=_no_finetune,
+                finetune=no_finetune,
                 device=device,
                 seed=spec.seed + index,
             )
