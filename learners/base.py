@@ -41,6 +41,10 @@ from torch.utils.data import DataLoader
 from hpo.space import Dimension
 from learners.formats.export import save_deployable
 
+# The runtimes a model is timed on: every layer that names one imports this tuple.
+RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
+GPU_RUNTIMES = ("cuda", "cuda-graph")
+
 
 class NothingToSearch(ValueError):
     """A learner finds nothing it could change in this model (``space`` raises it): the

@@ -34,11 +34,10 @@ from torch.fx.experimental.optimization import fuse
 
 from hpo.space import Categorical, Dimension
 from learners.aids import Aids, Probe, built, measured_predictor
-from learners.base import Context, LearnerDefaults, ModelInfo, Stage
+from learners.base import GPU_RUNTIMES, Context, LearnerDefaults, ModelInfo, Stage
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-GPU_RUNTIMES = ("cuda", "cuda-graph")
 
 
 @dataclass(frozen=True)

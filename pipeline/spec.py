@@ -27,15 +27,13 @@ from pydantic import (
 )
 
 from learners import registry
+from learners.base import RUNTIMES
 from learners.chain import validate_chain
-from learners.finetune import ADAMW_DEFAULTS
+from learners.finetune import ADAMW_DEFAULTS, AUTOCASTS
 from pipeline import jobyaml
 from pipeline.sources.zoo import names
 from pipeline.measure.clocks import clock_problem
 
-RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
-GPU_RUNTIMES = ("cuda", "cuda-graph")
-AUTOCASTS = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 RUNNERS = ("threads", "dask")

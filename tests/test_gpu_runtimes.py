@@ -27,8 +27,8 @@ TARGET = {"target": {"speedup": 2}}
 
 
 def test_the_spec_and_measure_agree_on_the_runtimes():
-    assert spec.RUNTIMES == measure.RUNTIMES
-    assert spec.GPU_RUNTIMES == measure.GPU_RUNTIMES == ("cuda", "cuda-graph")
+    assert spec.RUNTIMES is measure.RUNTIMES  # one tuple, in learners.base
+    assert measure.GPU_RUNTIMES == ("cuda", "cuda-graph")
     parsed = spec.parse({"target": {"speedup": 2, "runtime": "cuda-graph", "also_on": ["cuda"]}})
     assert parsed.target.runtimes == ["cuda-graph", "cuda"]
 

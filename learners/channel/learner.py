@@ -38,7 +38,7 @@ from torch import nn
 
 from hpo.space import Categorical, Dimension, Real
 from learners.aids import Aids, Probe
-from learners.base import Context, LearnerDefaults, ModelInfo, NothingToSearch
+from learners.base import RUNTIMES, Context, LearnerDefaults, ModelInfo, NothingToSearch
 from learners.channel import ops as channel_ops
 from learners.channel.aids import prepare_channel
 from learners.finetune import finish_finetune_
@@ -54,7 +54,7 @@ PRUNABLE = channel_ops.LAYERS
 # ``round_to: auto``: the channel multiple measured fastest on each runtime
 # (benchmarks/round_to.py, BENCHMARKS.md "Channel widths"); a job timed on several
 # runtimes takes the largest of theirs.
-ROUND_TO = {"torch-cpu": 8, "onnxruntime-cpu": 8, "cuda": 8, "cuda-graph": 8}
+ROUND_TO = dict.fromkeys(RUNTIMES, 8)
 MIN_STAGES, MAX_STAGES = 3, 6  # stages cut by resolution and depth
 MAX_BLOCKS = 8  # a model's own top-level blocks are its stages up to this many
 

@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 from torch import nn
 
 from hpo.objective import CHANCE_MARGIN, at_chance
+from learners.base import GPU_RUNTIMES
 from pipeline.job import outputs, runlock
 from pipeline.job.modelfile import check_source_learners, check_teacher, source_model
 from pipeline.job.resume import ResumeError, check_resumable
@@ -34,7 +35,7 @@ from pipeline.records.redact import redact
 from pipeline.sources.data import DataSourceError, Splits
 from pipeline.sources.guard import UserCodeExit, guarded
 from pipeline.sources.models import ModelSourceError, with_logits_output
-from pipeline.spec import GPU_RUNTIMES, JobSpec
+from pipeline.spec import JobSpec
 
 TRACKING_TIMEOUT_S = 5.0
 

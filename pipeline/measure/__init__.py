@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from learners.base import GPU_RUNTIMES, RUNTIMES
 from learners.formats.export import export_onnx, ort_session
 from pipeline.measure.clocks import (
     clock_function,
@@ -52,8 +53,6 @@ from pipeline.measure.noise import (
     speedup_interval,
 )
 
-RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
-GPU_RUNTIMES = ("cuda", "cuda-graph")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture (lazy init, cuDNN choices)
 
 
