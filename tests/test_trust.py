@@ -318,11 +318,12 @@ def test_a_registered_winner_is_no_pickle_and_rebuilds_as_a_prunable_source(tmp_
     assert code in (0, 3) and summary["mlflow"].get("version"), summary["mlflow"]
     out = tmp_path / "out"
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+    # MLflow resolves a run's logged model through the global tracking URI only.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     version = client.get_model_version(summary["mlflow"]["registered_model"], "1")
     files = [f.path for f in client.list_artifacts(version.run_id, "best_model")]
-    assert not any(f.endswith((".pth", ".pkl")) for f in files), files
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert files and not any(f.endswith((".pth", ".pkl")) for f in files), files
     source = f"models:/{summary['mlflow']['registered_model']}/1"
     spec = parse({"model": source, "data": "digits", "target": {"compression": 2}})
     rebuilt, trained = source_model(spec, 10, 1)
