@@ -68,7 +68,8 @@ def measure_settings(
                 runners.append(
                     measure.make_runner(pruned, info.example_inputs, timing, workdir, tag)
                 )
-            base, *ms = measure.time_interleaved(runners, timing.warmup, timing.repeats)
+            clock = timing.resolved_clock
+            base, *ms = measure.time_interleaved(runners, timing.warmup, timing.repeats, clock)
             relative += [m / base for m in ms]
     return relative
 
@@ -85,7 +86,9 @@ def run(model_name: str, runtime: str, args: argparse.Namespace, workdir: Path) 
     model = build(model_name, num_classes=10, in_channels=3).eval()
     info = ModelInfo(model, torch.randn(1, 3, 32, 32))
     learner = ChannelPruning(granularity=args.granularity).for_runtimes([runtime])
-    timing = measure.LatencySettings(runtime, args.batch, args.threads, 3, args.repeats)
+    timing = measure.LatencySettings(
+        runtime, args.batch, args.threads, 3, args.repeats, clock=args.clock
+    )
     table = build_table(learner, info, time_models(info, timing, workdir), asdict(timing))
     units = list(table.units)
     c = learner.config
@@ -136,14 +139,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock", default="auto", choices=("auto", "wall", "cpu"), help="measure.clock"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every setting")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # excluded-group notices, once per prune
     print(
         f"{datetime.date.today()}, torch {torch.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.2f}; "
+        f"{os.cpu_count()} CPUs, load averages at start {os.getloadavg()}; "
         f"granularity {args.granularity}, batch {args.batch}, {args.threads} thread(s), "
-        f"3 warm-up + {args.repeats} repeats, {args.settings} random settings (seed "
+        f"clock {args.clock}, 3 warm-up + {args.repeats} repeats, {args.settings} random "
+        "settings (seed "
         f"{args.seed}), {args.per_batch} per batch with the baseline"
     )
     print()
@@ -159,7 +166,7 @@ def main() -> None:
             for name in args.models:
                 for row in run(name, runtime, args, Path(tmp)):
                     print(row, flush=True)
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+    print(f"\nload averages at end {os.getloadavg()}")
 
 
 if __name__ == "__main__":
