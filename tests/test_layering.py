@@ -14,7 +14,7 @@ import pytest
 from learners import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("hpo", "learners", "pipeline")
+PACKAGES = ("hpo", "learners", "pipeline", "compressflow")
 
 # Lower ranks never import higher ones. The longest matching prefix decides a module's rank.
 RANKS = {
@@ -31,6 +31,7 @@ RANKS = {
     "pipeline.cli": 9,
     "pipeline.__main__": 10,
     "pipeline": 0,  # the package's __init__: imports nothing
+    "compressflow": 11,  # the Python API: a facade over everything below
 }
 
 
