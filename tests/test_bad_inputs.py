@@ -267,6 +267,32 @@ CASES = [
     Case("weights-truncated", ("--weights", "{root}/truncated.pt"), "truncated.pt"),
     Case("weights-not-fitting", ("--weights", "{root}/narrow.pt"), "do not fit"),
     Case("weights-not-a-state-dict", ("--weights", "{root}/tensor.pt"), "state dict"),
+    Case(
+        "weights-truncated-safetensors",
+        ("--weights", "{root}/w-truncated.safetensors"),
+        "is truncated: it begins as a safetensors file",
+    ),
+    Case(
+        "weights-mislabelled",
+        ("--weights", "{root}/w-safetensors-named.pt"),
+        "named .pt but holds a safetensors file",
+    ),
+    Case("weights-random-bytes", ("--weights", "{root}/random.pt"), "holds none of"),
+    Case("weights-empty", ("--weights", "{root}/empty.pt"), "is empty"),
+    Case("model-random-bytes", ("--model", "{root}/random.pt"), "holds none of"),
+    Case("model-random-onnx", ("--model", "{root}/random.onnx"), "does not parse as an ONNX"),
+    Case("model-empty", ("--model", "{root}/empty.pt"), "is empty"),
+    Case(
+        "model-mislabelled",
+        ("--model", "{root}/state-dict.onnx"),
+        "named .onnx but holds a torch.save archive",
+    ),
+    Case(
+        "model-truncated-pt2",
+        ("--model", "{root}/m-truncated.pt2"),
+        "is truncated: it begins as a torch.export archive",
+    ),
+    Case("model-truncated-safetensors", ("--model", "{root}/w-truncated.safetensors"), "truncated"),
     Case("wrong-class-count", ("--model-option", "num_classes=3"), "10 classes"),
     Case("fixed-two-classes", ("--model", f"{HERE}:two_class_net"), "10 classes"),
     Case("wrong-channels", ("--model-option", "in_channels=3"), "3-channel"),
@@ -404,7 +430,27 @@ def root(tmp_path_factory) -> Path:
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])
     torch.save(TinyNet(10, 1, 8).state_dict(), root / "narrow.pt")
     torch.save(torch.zeros(3), root / "tensor.pt")
+    _model_files(root)
     return root
+
+
+def _model_files(root: Path) -> None:
+    """Truncated, empty, random and mislabelled model and weights files."""
+    from safetensors.torch import save_file
+
+    net = TinyNet(10, 1, 16).eval()
+    save_file(net.state_dict(), root / "w.safetensors")
+    data = (root / "w.safetensors").read_bytes()
+    (root / "w-truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (root / "w-safetensors-named.pt").write_bytes(data)
+    (root / "random.pt").write_bytes(bytes(range(256)) * 16)
+    (root / "random.onnx").write_bytes(bytes(range(256)) * 16)
+    (root / "empty.pt").write_bytes(b"")
+    torch.save(net.state_dict(), root / "state-dict.onnx")
+    program = torch.export.export(net, (torch.randn(2, 1, 8, 8),))
+    torch.export.save(program, root / "m.pt2")
+    data = (root / "m.pt2").read_bytes()
+    (root / "m-truncated.pt2").write_bytes(data[: len(data) // 2])
 
 
 def common_flags(root: Path) -> list[str]:

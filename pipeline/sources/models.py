@@ -15,7 +15,7 @@ from torch import nn
 
 from learners.formats.modelfile import UntrustedModelError, load_model_file, refusal
 from pipeline.records import storage
-from pipeline.sources import zoo
+from pipeline.sources import filekind, zoo
 from pipeline.sources.guard import UserCodeExit, guarded
 
 
@@ -41,6 +41,10 @@ def load_weights(model: nn.Module, weights: str) -> nn.Module:
     """Load a state dict from safetensors or a torch file (``weights_only=True``: a
     weights file never runs code). Keys must match the model exactly."""
     path = storage.fetch(weights)
+    try:
+        filekind.check(path, "weights", filekind.WEIGHTS, shown=weights)
+    except filekind.FileKindError as err:
+        raise ModelSourceError(str(err)) from None
     state: Any  # a state dict, once checked below; torch.load may give anything
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -104,7 +108,9 @@ def build_model(
             raise ModelSourceError(f"{source} returned {type(model).__name__}, not an nn.Module")
     else:
         try:
-            return load_model_file(storage.fetch(source), trust_pickled), True
+            path = storage.fetch(source)
+            filekind.check(path, "model file", filekind.MODELS, shown=source)
+            return load_model_file(path, trust_pickled), True
         except (storage.StorageError, ValueError) as err:
             raise ModelSourceError(str(err)) from None
         except Exception as err:
