@@ -20,6 +20,7 @@ stored: it is rebuilt from the model source and the learners' JSON replay record
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -172,7 +173,7 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(model, str(path))
+    save_tensors(model, str(path), metadata={VERSIONS_KEY: json.dumps(state_versions(model))})
     graphs = [m for m in model.modules() if isinstance(m, OnnxModule)]
     if len(graphs) > 1:
         raise ValueError("a model with more than one ONNX graph cannot be saved")
@@ -190,8 +191,6 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
 def load_model(template: nn.Module, path: str | Path) -> nn.Module:
     """Fill ``template`` (the rebuilt architecture) from ``save_model``'s files, strictly:
     a missing, extra or differently shaped tensor is an error. Returns it in eval mode."""
-    from safetensors.torch import load_model as load_tensors
-
     path = Path(path)
     graph, codecs = _graph_file(path), _codecs_file(path)
     if graph.exists():
@@ -205,10 +204,43 @@ def load_model(template: nn.Module, path: str | Path) -> nn.Module:
             if isinstance(m, PackedModel):
                 m.codecs = saved
     try:
-        load_tensors(template, str(path), strict=True)
+        _load_state(template, path)
     except RuntimeError as err:
         raise ValueError(f"the state in {path} does not fit the rebuilt model: {err}") from None
     return template.eval()
+
+
+# Modules version their state dicts (``_version``, kept in the state dict's ``_metadata``)
+# and some refuse to load without it: torchvision's MNASNet raises "version should be set
+# to 1 or 2". safetensors keeps only tensors, so the versions travel in its header.
+VERSIONS_KEY = "torch_state_dict_versions"
+
+
+def state_versions(model: nn.Module) -> dict[str, Any]:
+    """Each module's state-dict metadata (``{"version": n}``) by module name."""
+    return dict(getattr(model.state_dict(), "_metadata", {}) or {})
+
+
+def _load_state(template: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``template`` strictly, with the module versions saved in its
+    header (a file without them loads as before). safetensors stores a tensor that
+    several names share once: the other names get that tensor."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = collections.OrderedDict(load_file(str(path)))
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if VERSIONS_KEY in header:
+        state._metadata = json.loads(header[VERSIONS_KEY])  # type: ignore[attr-defined]
+    shared: dict[tuple[int, torch.dtype, tuple[int, ...]], list[str]] = {}
+    for name, t in template.state_dict().items():
+        shared.setdefault((t.data_ptr(), t.dtype, tuple(t.shape)), []).append(name)
+    for names in shared.values():
+        stored = [n for n in names if n in state]
+        for n in names if stored else ():
+            state.setdefault(n, state[stored[0]])
+    template.load_state_dict(state, strict=True)
 
 
 def saved_files(path: str | Path) -> list[Path]:
