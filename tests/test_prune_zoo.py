@@ -129,7 +129,7 @@ def test_without_the_shuffle_mapping_the_check_refuses_the_broken_model(monkeypa
             ignored_layers=[trial.fc],
         ).step()
     # The channel learner's survey sees the same failures and leaves those groups alone.
-    monkeypatch.setattr(channel, "_surveys", {})  # surveyed afresh, with the broken mapping
+    monkeypatch.setattr(channel.learner, "_surveys", {})  # surveyed afresh, with the broken mapping
     found = channel.survey(model, EXAMPLE, channel.ChannelConfig())
     assert any("PruningError" in e["reason"] or "IndexError" in e["reason"] for e in found.excluded)
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -295,6 +296,23 @@ class _Orbits:
         return list(out.values())
 
 
+@dataclass
+class _Layout:
+    """What a dependency group's layers demand of the root indices pruned together:
+    ``orbits`` of roots that must go together (a grouped consumer's offsets), roots that
+    may not go at all, each grouped producer's group count, which groups each root hits
+    (balance) and which producer layers it narrows (the per-layer cap)."""
+
+    orbits: _Orbits
+    forbidden: set[int] = field(default_factory=set)
+    groups_of: list[int] = field(default_factory=list)  # groups of each grouped producer
+    # root -> [(member, group of that member)] for grouped producers (balance)
+    balance: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    # root -> [member] for every pruned producer layer (the per-layer cap)
+    touches: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    caps: list[int] = field(default_factory=list)
+
+
 def select_balanced(graph: tp.DependencyGraph, full, importance: Tensor, n_target: int):
     """Root indices to prune (at most ``n_target``) such that every grouped convolution
     in the group loses the same number of output channels from each of its groups, every
@@ -302,31 +320,31 @@ def select_balanced(graph: tp.DependencyGraph, full, importance: Tensor, n_targe
     layer loses a larger share of its channels than ``n_target`` is of the root's.
     ``None`` if nothing can be pruned that way."""
     n = len(importance)
-    orbits = _Orbits(n)
-    forbidden: set[int] = set()
-    groups_of: list[int] = []  # number of groups of each grouped producer
-    # root -> [(member, group of that member)] for grouped producers (balance)
-    balance: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    # root -> [member] for every pruned producer layer (the per-layer cap)
-    touches: dict[int, list[int]] = defaultdict(list)
-    caps: list[int] = []
-    share = n_target / max(n, 1)
+    layout = _layout(graph, full, n, n_target / max(n, 1))
+    units = _units(layout, importance)
+    if units is None:
+        return None
+    return _choose(units, layout, n_target)
+
+
+def _layout(graph: tp.DependencyGraph, full, n: int, share: float) -> _Layout:
+    layout = _Layout(_Orbits(n))
     for item in full:
         module, handler = item.dep.target.module, item.dep.handler
         if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         idxs, roots = list(item.idxs), list(item.root_idxs)
         if graph.is_out_channel_pruning_fn(handler):
-            member = len(caps)
-            caps.append(int(share * _out_width(module)))
+            member = len(layout.caps)
+            layout.caps.append(int(share * _out_width(module)))
             for root in roots:
-                touches[root].append(member)
+                layout.touches[root].append(member)
             if _grouped(module):
                 groups = _int(module, "groups")
                 per = _int(module, "out_channels") // groups
                 for idx, root in zip(idxs, roots, strict=True):
-                    balance[root].append((len(groups_of), idx // per))
-                groups_of.append(groups)
+                    layout.balance[root].append((len(layout.groups_of), idx // per))
+                layout.groups_of.append(groups)
         elif _grouped(module):  # a grouped consumer: offset t goes in all groups at once
             per = _int(module, "in_channels") // _int(module, "groups")
             by_offset: dict[int, list[int]] = defaultdict(list)
@@ -334,14 +352,19 @@ def select_balanced(graph: tp.DependencyGraph, full, importance: Tensor, n_targe
                 by_offset[idx % per].append(root)
             for members in by_offset.values():
                 if len(members) != module.groups:  # some of its groups are fed elsewhere
-                    forbidden.update(members)
+                    layout.forbidden.update(members)
                 for other in members[1:]:
-                    orbits.union(members[0], other)
+                    layout.orbits.union(members[0], other)
+    return layout
+
+
+def _units(layout: _Layout, importance: Tensor) -> list[list[int]] | None:
+    """The sets of roots that may go together, least important first (None: none)."""
 
     def signature(orbit: list[int]) -> tuple:
         counts: dict[tuple[int, int], int] = defaultdict(int)
         for root in orbit:
-            for key in balance[root]:
+            for key in layout.balance[root]:
                 counts[key] += 1
         return tuple(sorted(counts.items()))
 
@@ -354,11 +377,13 @@ def select_balanced(graph: tp.DependencyGraph, full, importance: Tensor, n_targe
         for (member, _group), count in totals.items():
             counts[member].append(count)
         # every group of a touched producer loses the same number of channels
-        return all(len(set(c)) == 1 and len(c) == groups_of[member] for member, c in counts.items())
+        return all(
+            len(set(c)) == 1 and len(c) == layout.groups_of[member] for member, c in counts.items()
+        )
 
     by_sig: dict[tuple, list[list[int]]] = defaultdict(list)
-    for orbit in orbits.classes():
-        if not forbidden.intersection(orbit):
+    for orbit in layout.orbits.classes():
+        if not layout.forbidden.intersection(orbit):
             by_sig[signature(orbit)].append(orbit)
     if not by_sig:
         return None
@@ -373,16 +398,21 @@ def select_balanced(graph: tp.DependencyGraph, full, importance: Tensor, n_targe
     else:
         return None
     units.sort(key=lambda u: float(importance[u].mean()))
+    return units
+
+
+def _choose(units: list[list[int]], layout: _Layout, n_target: int) -> list[int] | None:
+    """Units in order while they fit ``n_target`` and every layer's cap."""
     chosen: list[int] = []
-    removed = [0] * len(caps)
+    removed = [0] * len(layout.caps)
     for unit in units:
         if len(chosen) + len(unit) > n_target:
             continue
         extra: dict[int, int] = defaultdict(int)
         for root in unit:
-            for member in touches[root]:
+            for member in layout.touches[root]:
                 extra[member] += 1
-        if all(removed[m] + k <= caps[m] for m, k in extra.items()):
+        if all(removed[m] + k <= layout.caps[m] for m, k in extra.items()):
             chosen += unit
             for m, k in extra.items():
                 removed[m] += k
