@@ -5,8 +5,10 @@
   (MACs = flops / 2). FLOPs are reported as FLOPs, never as speedup.
 - ``speedup``: median latency of the baseline / median latency of the candidate, both
   measured on the same runtime, batch size and thread count, interleaved, after warm-up,
-  with its 95% interval (``low``, ``high``; ``pipeline.measure.noise``). With
-  ``max_repeats`` set, pairs are added until the interval is within ``tolerance``.
+  by the settings' clock (the timing thread's CPU time where the forward runs on that
+  thread, else the wall clock; ``pipeline.measure.clocks``), with its 95% interval
+  (``low``, ``high``; ``pipeline.measure.noise``). With ``max_repeats`` set, pairs are
+  added until the interval is within ``tolerance``.
 - ``bytes``: size of the deployable file on disk.
 
 Nothing here moves or changes the caller's model: runners time a copy (its own device,
