@@ -128,11 +128,12 @@ def description(summary: dict[str, Any]) -> str:
 
 
 def screening_text(screened: dict[str, Any]) -> str:
-
+    """``screened 120 settings (30 more skipped by the cost predictor, 2 failed), promoted
+    8 to a fine-tune, spearman 0.71``: the cheap fidelity in one phrase."""
     text = f"screened {screened.get('evaluated', 0)} settings"
     notes = []
     if screened.get("skipped"):
-        notes.append(f"{screened['skipped']} more skipped by the latency table")
+        notes.append(f"{screened['skipped']} more skipped by the cost predictor")
     if screened.get("failed"):
         notes.append(f"{screened['failed']} failed")
     if notes:
