@@ -266,6 +266,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
 
     from pipeline.cli import prefect_api
+    from pipeline.cli.faults import fault_line, fault_types
     from pipeline.flows import compress
     from pipeline.job.render import table
     from pipeline.job.runlock import RunBusy
@@ -295,7 +296,8 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
             RunBusy,
             Interrupted,
         )
-        with prefect_api.serving() as api, prefect_api.quiet_console(user_errors):
+        faults = () if args.debug else fault_types()
+        with prefect_api.serving() as api, prefect_api.quiet_console(user_errors + faults):
             if api is not None:
                 INTERRUPTS.on_exit.append(api.kill_now)
             summary = compress(spec, resume_run_id=args.resume)
@@ -306,10 +308,19 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
         if isinstance(err, Interrupted):
             raise
         raise UserError(str(err)) from None
+    except faults as err:
+        print(f"compressflow: error: {fault_line(err)}", file=sys.stderr)
+        return 1
     print()
     print(table(summary))
     if args.summary_json:
-        write_summary(summary, args.summary_json)
+        try:
+            write_summary(summary, args.summary_json)
+        except (OSError, StorageError) as err:
+            why = f"--summary-json {args.summary_json} could not be written ({err})"
+            print(f"compressflow: error: {why}; the run folder's summary.json has it",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         print(f"summary: {args.summary_json}")
     print(f"MLflow UI: {redact(ui_command(spec.tracking.uri))}")
     if INTERRUPTS.requested:

@@ -6,6 +6,7 @@ recording a ``round-003``. The kernel drops the lock when its holder exits, even
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -64,11 +65,12 @@ def take(path: Path, run_id: str) -> IO[str]:
     except RunBusy:
         handle.close()
         raise
-    handle.seek(0)
-    handle.truncate()
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    handle.write(json.dumps(me))
-    handle.flush()
+    with contextlib.suppress(OSError):  # who holds it is a courtesy; the flock is the lock
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(me))
+        handle.flush()
     return handle
 
 
