@@ -469,7 +469,7 @@ class JobSpec(_Strict):
     )
     learner_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="each learner's config fields, by learner name (README 'Learners')",
+        description="each learner's config fields, by learner name (docs/learners.md)",
     )
     budget: Budget = Field(default_factory=Budget, description="when the search stops")
     finetune: Finetune = Field(
@@ -721,7 +721,7 @@ def _explain(err: ValidationError) -> str:
         where = ".".join(str(p) for p in e["loc"]) or "job"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Job spec')"
+            msg = "unknown key (check the spelling; see docs/jobs.md 'Job spec fields')"
         elif not isinstance(e.get("input"), dict) and e["type"] != "value_error":
             msg = f"{msg} (got {e.get('input')!r})"
         lines.append(f"{where}: {msg}")

@@ -1,4 +1,4 @@
-"""`compressflow spec`: the JSON schema and the README's table of job-spec fields."""
+"""`compressflow spec`: the JSON schema and the docs' table of job-spec fields (docs/jobs.md)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from pipeline.cli.errors import UserError
 from pipeline.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-REGENERATE = ".venv/bin/compressflow spec --table --readme README.md"
+SPEC_PAGE = ROOT / "docs" / "jobs.md"
+REGENERATE = ".venv/bin/compressflow spec --table --readme docs/jobs.md"
 
 
 def test_readme_table_is_current():
-    readme = spec_cli.readme_table(README.read_text())
+    readme = spec_cli.readme_table(SPEC_PAGE.read_text())
     assert readme == spec_cli.fields_table(), (
-        "README.md's 'Job spec fields' table differs from the job spec "
+        "docs/jobs.md's 'Job spec fields' table differs from the job spec "
         f"(pipeline/spec.py); regenerate it with `{REGENERATE}`"
     )
 
@@ -39,7 +39,7 @@ def test_every_field_has_a_description():
     missing = undescribed(spec.JobSpec)
     assert not missing, (
         f"job-spec fields without description=: {missing} (pipeline/spec.py); "
-        f"then regenerate README's table with `{REGENERATE}`"
+        f"then regenerate the docs' table with `{REGENERATE}`"
     )
 
 

@@ -2,8 +2,8 @@
 
 compressflow spec --schema        the JSON schema of a job file (editors validate YAML with it)
 compressflow spec --table         a Markdown table: field, type, default, description
-compressflow spec --table --readme README.md
-                                  rewrite the table between the README's job-spec markers
+compressflow spec --table --readme docs/jobs.md
+                                  rewrite the table between the job-spec markers of that page
 """
 
 from __future__ import annotations
