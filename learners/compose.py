@@ -25,6 +25,7 @@ from typing import Any
 from hpo.space import split_namespace
 from learners.aids import Aids, Predict, Probe, Reached, learner_aids
 from learners.base import Learner, ModelInfo
+from learners.chain import apply_chain
 
 # Times the first learner is asked again for its measured share: each costs one of its
 # calibrations (the later learners' factors shrink a little as it grows stronger).
@@ -91,9 +92,7 @@ def _measured(
     """The chain's un-fine-tuned output for ``params``, measured (None if it fails)."""
     assert probe.context is not None
     try:
-        model = info.model
-        for learner in learners:
-            model = learner.compress(model, split_namespace(params, learner.name), probe.context())
+        model = apply_chain(learners, info.model, params, probe.context())
         return Reached.of(probe.achieved(model), 1.0).value
     except Exception as err:  # noqa: BLE001 - the aids stay as the learners gave them
         probe.log(f"the chain's rule start could not be measured ({type(err).__name__}: {err})")

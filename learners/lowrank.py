@@ -38,6 +38,7 @@ from hpo.space import Dimension, Real, to_python
 from learners.aids import Aids, Probe
 from learners.base import Context, LearnerDefaults, ModelInfo, Stage
 from learners.finetune import finish_finetune_
+from learners.layers import output_layer_names
 from learners.rule import Knob, rule_aids, uniform_params
 
 GRANULARITIES = ("stage", "layer")
@@ -100,38 +101,12 @@ def rank_for(fraction: float, full: int) -> int:
     return max(1, min(full, round(fraction * full)))
 
 
-def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> set[str]:
-    """Names of the layers whose output is the network's output (the logits' layer).
-
-    One forward pass with hooks: the last layer run, if its output has the network's
-    output width. The model's train/eval mode is restored afterwards."""
-    order: list[tuple[str, int]] = []
-
-    def keep(name: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() >= 2:
-                order.append((name, int(output.shape[1])))
-
-        return hook
-
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    handles = [m.register_forward_hook(keep(n)) for n, m in layers]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return {order[-1][0]} if order and order[-1][1] == int(out.shape[1]) else set()
-
-
 def units(
     model: nn.Module, example_inputs: torch.Tensor, config: LowRankConfig
 ) -> dict[str, list[str]]:
     """Unit name -> the factorisable layers it covers (each unit gets one rank fraction)."""
-    skip = output_layers(model, example_inputs) if config.exclude_output else set()
+    kinds = (nn.Linear, nn.Conv2d)
+    skip = set(output_layer_names(model, example_inputs, kinds)) if config.exclude_output else set()
     grouped: dict[str, list[str]] = {}
     for name, m in model.named_modules():
         if name and name not in skip and factorisable(m, config.convolutions):

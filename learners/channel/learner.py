@@ -42,6 +42,7 @@ from learners.base import RUNTIMES, Context, LearnerDefaults, ModelInfo, Nothing
 from learners.channel import ops as channel_ops
 from learners.channel.aids import prepare_channel
 from learners.finetune import finish_finetune_
+from learners.layers import output_layer_names
 
 IMPORTANCES = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -133,15 +134,7 @@ def multiple_for(config: ChannelConfig, model: nn.Module, example: torch.Tensor)
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
     """Layers whose outputs are the network's outputs (their width must not change)."""
-    was_training = model.training
-    with torch.no_grad():
-        out = model.eval()(example_inputs)
-    model.train(was_training)  # the caller's model is left in the mode it was in
-    width = out.shape[1]
-    last = [m for m in model.modules() if isinstance(m, PRUNABLE)][-1:]
-    return [
-        m for m in last if getattr(m, "out_features", getattr(m, "out_channels", None)) == width
-    ]
+    return [model.get_submodule(n) for n in output_layer_names(model, example_inputs, PRUNABLE)]
 
 
 @dataclass(frozen=True)
