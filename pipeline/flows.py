@@ -570,7 +570,7 @@ def _screening_line(screened: dict[str, Any], state: SearchState) -> str:
     origin = f"the winner came from {best.source} (round {best.round})" if best else "no winner"
     return (
         f"two-fidelity search: screened {screened['evaluated']} settings "
-        f"({screened['skipped']} more skipped by the latency table), fine-tuned "
+        f"({screened['skipped']} more skipped by the cost predictor), fine-tuned "
         f"{len(state.results)}; screening vs fine-tuned rank correlation "
         f"{screened['spearman'] if screened['spearman'] is not None else 'n/a (< 4 promoted)'}"
         f"; {origin}"

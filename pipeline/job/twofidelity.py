@@ -1,7 +1,8 @@
 """The search loop: hundreds of screenings, a few full evaluations (two fidelities), or
 with ``budget.screen: 0`` full evaluations only (the same loop with no screenings).
 
-Each iteration the optimiser proposes a chunk of settings; those the latency table
+Each iteration the optimiser proposes a chunk of settings; those the chain's cost
+predictor (``learners.aids``: channel's latency table, lowrank's kept weights, ...)
 predicts far below every target are not built (recorded as skipped); the rest are
 screened (``pipeline.job.screening``: no fine-tune, seconds each). The most promising
 screenings (best screening score among those whose screened cost meets a target, spread
@@ -13,7 +14,7 @@ most accurate model at each factor: one scalar loss cannot say that); each is to
 screening's loss at its target, and every full evaluation's loss with the fine-tuned
 accuracy moved onto the screening scale (minus the median gain fine-tuning gave the
 promoted candidates so far), so a fine-tuned result lands where the GP's screenings are
-and corrects them there. Settings skipped by the table are told a loss from their
+and corrects them there. Settings skipped by the predictor are told a loss from their
 predicted shortfall (with the baseline's accuracy: an optimistic guess the shortfall
 penalty outweighs), so the GP stops proposing them.
 
@@ -238,7 +239,7 @@ class TwoFidelity:
         return proposals
 
     def _screen_chunk(self, n: int) -> None:
-        """Screen ``n`` settings; those the table skips are replaced by new proposals
+        """Screen ``n`` settings; those the predictor skips are replaced by new proposals
         (up to MAX_ASK_FACTOR times ``n`` asked), so the chunk builds ``n``."""
         built, asked = 0, 0
         while built < n and asked < MAX_ASK_FACTOR * n:

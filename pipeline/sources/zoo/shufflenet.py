@@ -19,7 +19,7 @@ at 4x4. Stages are top-level children so per-stage pruning ratios have names.
 
 Channel shuffle is a stored permutation applied with one gather (``index_select``): the
 same single read and write of the tensor as reshape-transpose-reshape, one ONNX Gather,
-and a form that stays exact when a pruner removes channels (learners/channel_ops.py).
+and a form that stays exact when a pruner removes channels (learners/channel/ops.py).
 The V2 split is sized by the branch's input width, so a pruned unit keeps working
 whatever number of channels each side keeps.
 """
@@ -52,7 +52,7 @@ class ChannelShuffle(nn.Module):
     """``out[:, o] = x[:, perm[o]]``. Starts as the shuffle of ``channels`` into
     ``groups``; a channel pruner may shorten ``perm`` (it stays a bijection)."""
 
-    channel_permutation = True  # the marker learners/channel_ops.py looks for
+    channel_permutation = True  # the marker learners/channel/ops.py looks for
     perm: Tensor  # a buffer: saved with the model, follows it between devices
 
     def __init__(self, channels: int, groups: int) -> None:
