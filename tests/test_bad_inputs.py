@@ -359,6 +359,11 @@ CASES = [
         "target: {speedup: 2}\nmeasure: {pool: '{root}/a-file'}\n",
         "measure.pool",
     ),
+    Case(
+        "experiment-deleted",
+        ("--tracking-uri", "sqlite:///{root}/deleted.db", "--experiment", "gone"),
+        "experiment 'gone' was deleted",
+    ),
     Case("tracking-unreachable", ("--tracking-uri", "http://127.0.0.1:9"), "does not answer"),
     Case("tracking-store-read-only", ("--tracking-uri", "sqlite:////sys/m.db"), "cannot be"),
     # database stores: probed in preflight, passwords never carried into Prefect
@@ -431,6 +436,7 @@ def root(tmp_path_factory) -> Path:
     torch.save(TinyNet(10, 1, 8).state_dict(), root / "narrow.pt")
     torch.save(torch.zeros(3), root / "tensor.pt")
     _model_files(root)
+    _deleted_experiment(f"sqlite:///{root}/deleted.db", "gone")
     return root
 
 
@@ -451,6 +457,13 @@ def _model_files(root: Path) -> None:
     torch.export.save(program, root / "m.pt2")
     data = (root / "m.pt2").read_bytes()
     (root / "m-truncated.pt2").write_bytes(data[: len(data) // 2])
+
+
+def _deleted_experiment(uri: str, name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment(name))
 
 
 def common_flags(root: Path) -> list[str]:

@@ -32,6 +32,7 @@ from pipeline.job.task import TaskError, resolve
 from pipeline.measure import timing_batch
 from pipeline.records import storage
 from pipeline.records.redact import redact
+from pipeline.records.store import open_store
 from pipeline.sources.data import DataSourceError, Splits
 from pipeline.sources.guard import UserCodeExit, guarded
 from pipeline.sources.models import ModelSourceError, with_logits_output
@@ -78,6 +79,7 @@ def check(
     except outputs.OutputError as err:
         raise PreflightError(str(err)) from None
     check_tracking(spec.tracking.uri)
+    check_experiment(spec.tracking.uri, spec.tracking.experiment)
     if resume_run_id:
         try:
             check_resumable(spec, resume_run_id)
@@ -422,3 +424,23 @@ def check_sql_store(uri: str) -> None:
         ) from None
     finally:
         engine.dispose()
+
+
+def check_experiment(uri: str, experiment: str) -> None:
+    """The job's experiment, if the store has it, is not deleted (MLflow refuses new runs
+    in a deleted experiment, and its name stays taken until it is purged)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = open_store(uri).get_experiment_by_name(experiment)
+    except FileNotFoundError:
+        return  # a new local store: the job creates it
+    except MlflowException as err:
+        first = redact((str(err).strip().splitlines() or [""])[0])
+        raise PreflightError(f"tracking store {redact(uri)} cannot be read: {first}") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise PreflightError(
+            f"MLflow experiment {experiment!r} was deleted (id {found.experiment_id}): restore "
+            f"it (mlflow experiments restore --experiment-id {found.experiment_id}) or give "
+            "another --experiment"
+        )
