@@ -10,6 +10,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 # A job file holds a few hundred values; anything that expands past this is a bomb.
 MAX_NODES = 100_000
+MAX_BYTES = 1_000_000
 
 
 class JobYamlError(ValueError):

@@ -746,6 +746,11 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"job file {path} is a directory: give the job's YAML file")
     if not path.is_file():
         raise SpecError(f"job file {path} does not exist")
+    if path.stat().st_size > jobyaml.MAX_BYTES:
+        raise SpecError(
+            f"job file {path} is {path.stat().st_size:,} bytes: a job file is a few KB "
+            f"(at most {jobyaml.MAX_BYTES:,}); is it the right file?"
+        )
     try:
         data = jobyaml.load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError) as err:
