@@ -12,6 +12,7 @@ from torch import nn
 
 from compressflow.errors import JobInterrupted, SpecError
 from compressflow.inputs import data_fields, model_fields, slug
+from compressflow.quiet import quiet
 from compressflow.result import Result, run_folder
 from compressflow.targets import Compression, Speedup, target_spec
 from pipeline import spec as spec_mod
@@ -44,6 +45,7 @@ def compress(
     target: Speedup | Compression | Mapping[str, Any],
     learners: str | list[str] = "channel",
     train_first: bool = False,
+    verbose: bool = False,
     **spec_fields: Any,
 ) -> Result:
     """Search for the most accurate compressed ``model`` that meets ``target``.
@@ -52,10 +54,13 @@ def compress(
     ``train_first``), or a model source as a job file gives it. ``data``: ``(train, val,
     test)`` DataLoaders or datasets, a dict of them, or a data source string. Every other
     job spec field is a keyword (``budget={"rounds": 4}``, ``finetune={"epochs": 1}``,
-    ``tracking={"uri": ...}``), validated as a job file is. Raises ``SpecError`` where the
-    command line exits 2, ``JobInterrupted`` (a KeyboardInterrupt) after Ctrl-C."""
+    ``tracking={"uri": ...}``), validated as a job file is. ``verbose`` prints Prefect's
+    log lines and MLflow's download bars too (the search's progress prints always).
+    Raises ``SpecError`` where the command line exits 2, ``JobInterrupted`` (a
+    KeyboardInterrupt) after Ctrl-C."""
     spec = build_spec(model, data, target, learners, train_first, spec_fields)
-    return run(spec)
+    with quiet(verbose):
+        return run(spec)
 
 
 def build_spec(
@@ -126,10 +131,16 @@ def run(spec: spec_mod.JobSpec) -> Result:
 
 
 def _run(spec: spec_mod.JobSpec) -> dict[str, Any]:
+    t = spec.target
+    learners = ", ".join(spec.learners)
+    print(f"job {spec.job_name}: {learners}, target {t.kind} >= {t.value:g} ({t.runtime})")
     try:
-        preflight.check(spec)
+        found = preflight.check(spec)
     except preflight.PreflightError as err:
         raise SpecError(str(err)) from None
+    shape = "x".join(map(str, found.input_shape))
+    classes = found.num_classes
+    print(f"preflight: {found.train_size} samples of {shape}, {classes} classes; model fits")
     try:
         with prefect_api.serving() as api, prefect_api.quiet_console(USER_ERRORS):
             if api is not None:

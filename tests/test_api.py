@@ -3,6 +3,7 @@ records as the command line, spec errors as ``compressflow.SpecError``."""
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -137,3 +138,27 @@ def test_load_names_what_it_cannot_find(tmp_path):
         compressflow.load(tmp_path)
     with pytest.raises(compressflow.SpecError, match="neither a job run folder"):
         compressflow.load("0123abcd", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_quiet_hides_info_lines_and_download_bars_only_while_the_job_runs(monkeypatch):
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from compressflow.quiet import quiet
+
+    handler = PrefectConsoleHandler()
+    logging.getLogger("prefect").addHandler(handler)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    info = logging.LogRecord("prefect.flow_runs", logging.INFO, "", 0, "round 1", None, None)
+    warning = logging.LogRecord("prefect", logging.WARNING, "", 0, "careful", None, None)
+    try:
+        with quiet(verbose=False):
+            assert not handler.filter(info) and handler.filter(warning)
+            assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+        assert handler.filter(info)
+        assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+        with quiet(verbose=True):
+            assert handler.filter(info)
+    finally:
+        logging.getLogger("prefect").removeHandler(handler)
