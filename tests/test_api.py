@@ -4,6 +4,7 @@ records as the command line, spec errors as ``compressflow.SpecError``."""
 import copy
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
 import compressflow
+from hpo.space import Real
+from learners import registry
+from learners.base import LearnerDefaults
 from pipeline import spec as spec_mod
 from pipeline.sources.data import load_digits_arrays
 from tests.helpers import TinyNet
@@ -162,3 +166,49 @@ def test_quiet_hides_info_lines_and_download_bars_only_while_the_job_runs(monkey
             assert handler.filter(info)
     finally:
         logging.getLogger("prefect").removeHandler(handler)
+
+
+class InterruptingLearner(LearnerDefaults):
+    """Presses Ctrl-C (SIGINT to this process) while its second candidate is built."""
+
+    name = "interrupting"
+    calls = 0
+
+    def __init__(self, **options):
+        pass
+
+    def space(self, info):
+        return [Real("x", 0.0, 1.0)]
+
+    def compress(self, model, params, ctx):
+        InterruptingLearner.calls += 1
+        if InterruptingLearner.calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return copy.deepcopy(model)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_ctrl_c_stops_the_job_writes_the_summary_and_raises(tmp_path):
+    train, val, test = digits_splits()
+    registry.register("interrupting", InterruptingLearner)
+    fields = tiny_fields(tmp_path)
+    fields["budget"] = {"rounds": 6, "screen": 0}
+    try:
+        with pytest.raises(KeyboardInterrupt) as err:
+            compressflow.compress(
+                trained_tiny(train),
+                (train, val, test),
+                compressflow.Speedup(50, max_accuracy_drop=100),
+                learners="interrupting",
+                tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_model": False},
+                **{k: v for k, v in fields.items() if k != "tracking"},
+            )
+    finally:
+        registry.unregister("interrupting")
+    assert isinstance(err.value, compressflow.JobInterrupted)
+    result = err.value.result
+    assert result is not None and result.summary["rounds"]["total"] < 6
+    assert json.loads((result.folder / "summary.json").read_text()) == result.summary
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.mlflow_run_id)
+    assert run.info.status == "KILLED"
