@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hpo.objective import at_chance
+from hpo.objective import guessing
 from learners.base import Context
 
 _LOG = logging.getLogger(__name__)
@@ -636,7 +636,7 @@ def _check_epoch(
         or val_loader is None
         or epoch + 1 != checkpoint
         or settings.epochs <= checkpoint
-        or not all(at_chance(v, task.chance) for v in curve["val_accuracy"])
+        or not all(guessing(v, task.chance) for v in curve["val_accuracy"])
         # A training loss still falling is a model that learns late, not one that is stuck
         # (a 1-layer BERT at chance for 11 epochs reached 1.0 by epoch 12 when left alone).
         or curve["train_loss"][-1] < STUCK_LOSS_FRACTION * curve["train_loss"][0]
@@ -645,7 +645,7 @@ def _check_epoch(
     recalibrate_batchnorm_(model, train_loader, device=device)  # low-momentum BN lags
     val = task.measure(model, val_loader, device)
     model.train()
-    if at_chance(val, task.chance):
+    if guessing(val, task.chance):
         raise Diverged(
             f"validation accuracy {val:.3f} is still at chance ({task.chance:.3f}) after "
             f"{epoch + 1} epochs",

@@ -22,7 +22,7 @@ import torch
 from sqlalchemy.pool import NullPool
 from torch import nn
 
-from hpo.objective import CHANCE_MARGIN, at_chance
+from hpo.objective import at_chance, chance_floor
 from learners.base import GPU_RUNTIMES
 from pipeline.job import outputs, runlock
 from pipeline.job.modelfile import check_source_learners, check_teacher, source_model
@@ -260,7 +260,7 @@ def check_model(spec: JobSpec, splits: Splits) -> tuple[nn.Module, bool]:
 def check_baseline_learnt(
     spec: JobSpec, accuracy: float, chance: float | None, has_weights: bool
 ) -> None:
-    """A classification baseline at chance (below 1/classes + CHANCE_MARGIN) stops the job
+    """A classification baseline near chance (below ``chance_floor``) stops the job
     before the search: every candidate would be scored against noise. Runs once the
     baseline is trained and its BatchNorm statistics re-estimated (inside the flow);
     ``allow_untrained_baseline`` lets the job go on."""
@@ -279,8 +279,8 @@ def check_baseline_learnt(
             f"finetune.pretrain_lr (now {f.pretrain_lr:g}) or give trained model.weights"
         )
     raise PreflightError(
-        f"the baseline's validation accuracy {accuracy:.3f} is at chance (1/{round(1 / chance)}"
-        f" classes = {chance:.3f}; needs at least {chance + CHANCE_MARGIN:.3f}): {fix}; "
+        f"the baseline's validation accuracy {accuracy:.3f} is near chance (1/{round(1 / chance)}"
+        f" classes = {chance:.3f}; needs at least {chance_floor(chance):.3f}): {fix}; "
         "or set allow_untrained_baseline: true to search anyway (nothing at chance is met)"
     )
 
