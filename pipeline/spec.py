@@ -31,8 +31,8 @@ from learners.base import RUNTIMES
 from learners.chain import validate_chain
 from learners.finetune import ADAMW_DEFAULTS, AUTOCASTS
 from pipeline import jobyaml
-from pipeline.sources.zoo import names
 from pipeline.measure.clocks import clock_problem
+from pipeline.sources.zoo import names
 
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
@@ -282,6 +282,12 @@ class Measure(_Strict):
         "architectures on the same runtime, batch and threads then share one growing "
         "measurement on this machine); default: the job run's own `measurements/`",
     )
+    clock: typing.Literal["auto", "wall", "cpu"] = Field(
+        default="auto",
+        description="what times a run: `cpu` (the timing thread's CPU time, which leaves out "
+        "time taken by other processes; torch-cpu and onnxruntime-cpu with threads: 1 "
+        "only), `wall`, or `auto`: cpu where valid, else wall (GPU runtimes: wall)",
+    )
 
     @model_validator(mode="after")
     def _cap_above_start(self) -> Measure:
@@ -298,12 +304,6 @@ class Screening(_Strict):
         default=256, ge=0, description="training samples BatchNorm is re-estimated on per screening"
     )
     val_samples: int = Field(
-    clock: typing.Literal["auto", "wall", "cpu"] = Field(
-        default="auto",
-        description="what times a run: `cpu` (the timing thread's CPU time, which leaves out "
-        "time taken by other processes; torch-cpu and onnxruntime-cpu with threads: 1 "
-        "only), `wall`, or `auto`: cpu where valid, else wall (GPU runtimes: wall)",
-    )
         default=512,
         ge=1,
         description="validation samples (a fixed subset) a screening is scored on",
@@ -605,6 +605,13 @@ class JobSpec(_Strict):
         _check_chain(self.learners, self.target.runtimes, self.learner_options)
         return self
 
+    @model_validator(mode="after")
+    def _clock_fits_runtimes(self) -> JobSpec:
+        for runtime in self.target.runtimes:
+            if problem := clock_problem(self.measure.clock, runtime, self.measure.threads):
+                raise ValueError(f"measure.clock: {problem}")
+        return self
+
     @property
     def job_name(self) -> str:
         """The name given, or one made of the model, the learners and the target (so jobs
@@ -621,13 +628,6 @@ class JobSpec(_Strict):
 
 def check_name(name: str, what: str = "name") -> None:
     """A name that becomes one folder (or file) under the output: ``ValueError`` naming
-    @model_validator(mode="after")
-    def _clock_fits_runtimes(self) -> JobSpec:
-        for runtime in self.target.runtimes:
-            if problem := clock_problem(self.measure.clock, runtime, self.measure.threads):
-                raise ValueError(f"measure.clock: {problem}")
-        return self
-
     the rule it breaks."""
     if not name:
         raise ValueError(f"{what} is empty: give a job name such as resnet20-2x")
