@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli.main import main
 from pipeline.job import plots, progress
 from pipeline.job.search import SearchState
-from pipeline.records import tracking
+from pipeline.records import store
 from pipeline.records.results import CandidateResult
 from tests.helpers import TINY_JOB
 
@@ -152,8 +152,8 @@ def test_a_moved_store_still_reads_its_artifacts(job, tmp_path):
     hidden = root / "store-away"
     (root / "store").rename(hidden)  # the original is gone: nothing may point there
     try:
-        client = tracking.open_store(f"sqlite:///{moved}/mlflow.db")
-        text = tracking.recorded_summary(client, m["parent_run_id"])
+        client = store.open_store(f"sqlite:///{moved}/mlflow.db")
+        text = store.recorded_summary(client, m["parent_run_id"])
         assert text["job"] == JOB
         best = client.download_artifacts(m["best_run_id"], "per_layer_settings.json", tmp_path)
         assert Path(best).is_file()
@@ -164,7 +164,7 @@ def test_a_moved_store_still_reads_its_artifacts(job, tmp_path):
             f"models:/{m['registered_model']}/{m['version']}", dst_path=str(tmp_path / "m")
         )
         assert (Path(local) / "MLmodel").is_file()
-        assert tracking.relocate_store(moved / "mlflow.db") == 0  # already points here
+        assert store.relocate_store(moved / "mlflow.db") == 0  # already points here
     finally:
         hidden.rename(root / "store")
 
@@ -263,7 +263,7 @@ def test_relocating_a_store_rewrites_its_recorded_prefix(tmp_path):
         c.execute("INSERT INTO experiments VALUES (?)", (old,))
         c.execute("INSERT INTO runs VALUES (?)", (old + "/abc/artifacts",))
         c.execute("INSERT INTO runs VALUES (?)", ("s3://bucket/other",))
-    assert tracking.relocate_store(db) == 2
+    assert store.relocate_store(db) == 2
     with sqlite3.connect(db) as c:
         uris = sorted(u for (u,) in c.execute("SELECT artifact_uri FROM runs"))
     assert uris == [(db.parent / "mlartifacts").as_uri() + "/abc/artifacts", "s3://bucket/other"]

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 def load(source: str, tracking_uri: str | None) -> dict[str, Any]:
     """The summary, with its ``candidates`` rows (read from MLflow when it lacks them)."""
     from pipeline.records import storage
-    from pipeline.records.tracking import open_store, recorded_rounds, recorded_summary
+    from pipeline.records.store import open_store, recorded_rounds, recorded_summary
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     try:

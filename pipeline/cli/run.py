@@ -270,9 +270,9 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
     from pipeline.flows import compress
     from pipeline.job.render import table
     from pipeline.job.runlock import RunBusy
+    from pipeline.records.links import ui_command
     from pipeline.records.redact import redact
     from pipeline.records.storage import StorageError
-    from pipeline.records.tracking import ui_command
     from pipeline.runners import INTERRUPTS, Interrupted, RunnerError
     from pipeline.sources.data import DataSourceError
     from pipeline.sources.guard import UserCodeExit

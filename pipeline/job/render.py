@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.records.tracking import achieved_key, run_link
+from pipeline.records.links import run_link
+from pipeline.records.tracking import achieved_key
 
 
 def table(summary: dict[str, Any]) -> str:

@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from hpo.space import Categorical, Dimension, Integer, Real
 from pipeline.records.redact import redact
 from pipeline.records.results import CandidateResult
-from pipeline.records.tracking import CANDIDATE_METRICS, INTERVAL_PREFIXES, open_store
+from pipeline.records.store import open_store
+from pipeline.records.tracking import CANDIDATE_METRICS, INTERVAL_PREFIXES
 from pipeline.spec import JobSpec
 
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from mlflow.entities import (
     Dataset,
@@ -38,6 +36,7 @@ from pipeline.records.filelock import locked
 from pipeline.records.mlmodel import SaveModel
 from pipeline.records.redact import credentials_to_env, redact_data
 from pipeline.records.results import CandidateResult, ScreeningResult
+from pipeline.records.store import ARTIFACTS_FOLDER, relocate_store, sqlite_file
 
 # Logged on every candidate child run and on the `baseline` child run (units: README).
 CANDIDATE_METRICS = (
@@ -55,10 +54,6 @@ CANDIDATE_METRICS = (
 # MLflow 3 opens an experiment on its GenAI overview unless told it holds model training
 # runs; with this tag the experiment opens on its runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-ARTIFACTS_FOLDER = "mlartifacts"
-# MLflow 3.17's UI picks GenAI or model-training pages from its own switch (top left,
-# remembered by the browser), which this URL parameter sets; older 3.x read the tag above.
-ML_VIEW = "workflowType=machine_learning"
 
 
 def achieved_key(kind: str) -> str:
@@ -141,62 +136,6 @@ def _git_commit(folder: Path) -> str | None:
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///")).resolve()
-
-
-# Columns of MLflow's sqlite schema that hold artifact locations.
-_LOCATION_COLUMNS = (
-    ("experiments", "artifact_location"),
-    ("runs", "artifact_uri"),
-    ("model_versions", "source"),
-    ("model_versions", "storage_location"),
-    ("logged_models", "artifact_location"),
-)
-
-
-def relocate_store(db_file: Path) -> int:
-    """Re-point a local store's artifact locations at the folder its database is in now.
-
-    A local store keeps its artifacts in ``mlartifacts/`` beside ``mlflow.db``, but MLflow
-    records them as absolute ``file://`` URIs. After the folder is moved or copied, this
-    rewrites the recorded prefix ``<old folder>/mlartifacts`` to ``<new folder>/mlartifacts``
-    in every location column. Returns the number of rows changed (0: nothing had moved).
-    """
-    if not db_file.is_file():
-        return 0
-    new = (db_file.resolve().parent / ARTIFACTS_FOLDER).as_uri()
-    changed = 0
-    with sqlite3.connect(db_file) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "experiments" not in tables:
-            return 0
-        olds = {
-            loc
-            for (loc,) in db.execute("SELECT artifact_location FROM experiments")
-            if loc and loc.startswith("file://") and loc.endswith("/" + ARTIFACTS_FOLDER)
-        } - {new}
-        # Recorded as file:// URIs, and some (a model version's storage) as plain paths.
-        pairs = [(o, new) for o in olds] + [(urlparse(o).path, urlparse(new).path) for o in olds]
-        for old, to in pairs:
-            for table, column in _LOCATION_COLUMNS:
-                if table not in tables:
-                    continue
-                cur = db.execute(
-                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                    f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
-                    (to, len(old) + 1, old, _like_prefix(old + "/")),
-                )
-                changed += cur.rowcount
-    return changed
-
-
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 SCREENINGS_FILE = "screenings.json"  # every screening row so far (what a resume reads)
 SCREENINGS_TABLE = "screenings_table.json"  # MLflow's table artifact (log_table), appended
 
@@ -207,7 +146,7 @@ class Tracker:
         # Screening rows logged so far, per screening run (rewritten whole each batch).
         self._screenings: dict[str, dict[int, ScreeningResult]] = {}
         self._screenings_lock = threading.Lock()
-        db_file = _sqlite_file(uri)
+        db_file = sqlite_file(uri)
         if db_file is None:
             self._open(uri, experiment, None)
             return
@@ -588,73 +527,6 @@ def screening_table(rows: list[ScreeningResult]) -> dict[str, list[Any]]:
     for name in names:
         columns[f"params.{name}"] = [str(r.params.get(name, "")) for r in rows]
     return columns
-
-
-def open_store(uri: str) -> MlflowClient:
-    """A client on an existing store (a moved local store is re-pointed first)."""
-    db_file = _sqlite_file(uri)
-    if db_file is not None:
-        if not db_file.is_file():
-            raise FileNotFoundError(f"no MLflow store at {db_file}")
-        relocate_store(db_file)
-    return MlflowClient(tracking_uri=uri)
-
-
-def recorded_summary(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
-    """A finished job's summary.json, as logged on its parent run."""
-    local = client.download_artifacts(parent_run_id, "summary.json", _scratch())
-    return json.loads(Path(local).read_text())
-
-
-def recorded_rounds(client: MlflowClient, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The candidate rows of a job from its child runs' logged metrics (for summaries
-    written before they carried their ``candidates``)."""
-    m = summary["mlflow"]
-    runs = client.search_runs(
-        [m["experiment_id"]],
-        filter_string=(
-            f"tags.mlflow.parentRunId = '{m['parent_run_id']}' "
-            "and tags.`compressflow.kind` = 'candidate'"
-        ),
-        max_results=10000,
-    )
-    rows = []
-    for r in runs:
-        if "round" not in r.data.params:
-            continue
-        params = {k: v for k, v in r.data.params.items() if k != "round"}
-        rows.append(
-            {
-                "round": int(r.data.params["round"]),
-                "run_id": r.info.run_id,
-                "status": r.data.tags.get("status", "failed"),
-                "learners": r.data.tags.get("learners", "").split(","),
-                "params": params,
-                **r.data.metrics,
-            }
-        )
-    return sorted(rows, key=lambda row: row["round"])
-
-
-def _scratch() -> str:
-    return tempfile.mkdtemp(prefix="compressflow-report-")
-
-
-def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a run opens in the MLflow UI (for a local store: once ``mlflow ui`` runs)."""
-    parsed = urlparse(uri)
-    base = uri.rstrip("/") if parsed.scheme in ("http", "https") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
-
-
-def ui_command(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        return f"open {uri} in a browser"
-    return (
-        f"mlflow ui --backend-store-uri {uri} --port 5000, then open "
-        f"http://127.0.0.1:5000/#/experiments?{ML_VIEW}"
-    )
 
 
 def _now_ms() -> int:
