@@ -6,6 +6,7 @@ their predictors checked against measured files (compression is exact bytes, no 
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -20,13 +21,14 @@ from learners.compose import chain_aids
 from learners.formats import export
 from learners.lowrank import LowRank
 from pipeline import measure
+from pipeline.cli.main import main
 from pipeline.job.probe import probe_for
 from pipeline.job.search import state_for
 from pipeline.job.settings import build_learners
 from pipeline.job.twofidelity import TwoFidelity
 from pipeline.records.results import CandidateResult, ScreeningResult
 from pipeline.spec import JobSpec, parse
-from tests.helpers import example_inputs, tiny_cnn
+from tests.helpers import TINY_JOB, example_inputs, tiny_cnn
 
 # -- composition, with fake learners ------------------------------------------------------
 
@@ -268,3 +270,26 @@ def test_a_chain_gets_a_rule_start_and_its_learners_predictor(
     for params in random_settings(spec, info, 5):
         got = measured(spec, info, probe, params)
         assert low * got <= aids.predict(params) <= high * got, (params, got)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_lowrank_job_starts_from_its_rule_and_skips_what_its_predictor_rules_out(tmp_path):
+    """The same through ``compressflow run``: the first fine-tuned round is the rule's
+    (one kept-rank fraction for every unit), and screenings were skipped unbuilt."""
+    code = main(
+        [
+            "run", *TINY_JOB,
+            "--learners", "lowrank", "--target-compression", "2",
+            "--rounds", "2", "--screen", "20", "--no-register",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--output", str(tmp_path / "out"),
+            "--summary-json", str(tmp_path / "summary.json"),
+        ]
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code in (0, 3)
+    first = summary["candidates"][0]
+    assert first["source"] == "fixed rule"
+    assert len({v for k, v in first["params"].items() if k.startswith("lowrank.rank.")}) == 1
+    assert summary["screening"]["skipped"] > 0
