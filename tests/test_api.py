@@ -15,6 +15,7 @@ import compressflow
 from hpo.space import Real
 from learners import registry
 from learners.base import LearnerDefaults
+from learners.formats.onnx_module import OnnxModule
 from pipeline import spec as spec_mod
 from pipeline.sources.data import load_digits_arrays
 from tests.helpers import TinyNet
@@ -212,3 +213,22 @@ def test_ctrl_c_stops_the_job_writes_the_summary_and_raises(tmp_path):
     assert json.loads((result.folder / "summary.json").read_text()) == result.summary
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.mlflow_run_id)
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_int8_winner_comes_back_as_an_onnxruntime_module(tmp_path):
+    train, val, test = digits_splits()
+    fields = tiny_fields(tmp_path)
+    fields["tracking"]["register_model"] = False
+    result = compressflow.compress(
+        trained_tiny(train),
+        (train, val, test),
+        compressflow.Compression(2, runtime="onnxruntime-cpu", max_accuracy_drop=100),
+        learners="int8",
+        **fields,
+    )
+    assert result.met
+    for best in (result.best, compressflow.load(result.folder).best):
+        assert isinstance(best, OnnxModule)
+        assert best(val[:4][0]).shape == (4, 10)
