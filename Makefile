@@ -11,7 +11,7 @@ export PREFECT_UI_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint format typecheck bench clean
+.PHONY: demo test lint format typecheck bench docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,5 +47,9 @@ bench: $(STAMP)
 	test -f demo/summary.json || $(MAKE) demo
 	$(PY) benchmarks/onnx_check.py demo/summary.json
 
+# The documentation site in site/ (make test builds it too: tests/test_docs.py).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf demo compressflow-out mlruns mlflow.db mlartifacts .mypy_cache .ruff_cache .pytest_cache
+	rm -rf site demo compressflow-out mlruns mlflow.db mlartifacts .mypy_cache .ruff_cache .pytest_cache
