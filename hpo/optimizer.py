@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hpo.objective import FAILED_LOSS
 from hpo.space import Categorical, Dimension, Integer, Real, to_python
 
 
@@ -46,6 +47,7 @@ class Optimizer:
         self.history: list[tuple[dict[str, Any], float]] = []
         self._suggested: list[dict[str, Any]] = []
         self._drawn: list[int] = []
+        self._failed: list[dict[str, Any]] = []  # settings told FAILED_LOSS
         # No dimensions (a learner with nothing to tune): the one point is the empty one.
         self._sk = (
             SkOptimizer(
@@ -78,7 +80,7 @@ class Optimizer:
         if not rest or sk is None:
             return queued
         points = [sk.ask()] if rest == 1 else sk.ask(n_points=rest, strategy="cl_max")
-        return queued + [self._as_params(p) for p in points]
+        return queued + self._not_failed([self._as_params(p) for p in points])
 
     def ask_many(self, n: int, pool: int = 2000, spacing: float = 0.05) -> list[dict[str, Any]]:
         """Propose ``n`` settings from ONE fit of the GP: the ``n`` best of ``pool`` random
@@ -94,7 +96,24 @@ class Optimizer:
             points = [sk.ask()] if rest == 1 else sk.ask(n_points=rest)
         else:
             points = self._by_expected_improvement(rest, pool, spacing)
-        return queued + [self._as_params(p) for p in points]
+        return queued + self._not_failed([self._as_params(p) for p in points])
+
+    def _not_failed(self, proposals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``proposals`` with every setting that already failed replaced by a random one
+        that has not: a failing setting fails again (skopt's random initial points and a
+        small categorical space propose it again and again). Kept as it is only when the
+        space has nothing else left."""
+        sk = self._sk
+        if not self._failed or sk is None:
+            return proposals
+        out = []
+        for k, p in enumerate(proposals):
+            draws = sk.space.rvs(n_samples=200, random_state=len(self.history) + 104729 * k)
+            fresh = (self._as_params(d) for d in draws)
+            out.append(
+                p if p not in self._failed else next((q for q in fresh if q not in self._failed), p)
+            )
+        return out
 
     def _queued(self, n: int) -> tuple[list[dict[str, Any]], int]:
         """The first of ``n`` proposals: suggested points waiting (or, with no dimensions,
@@ -141,6 +160,7 @@ class Optimizer:
         if self._sk is not None:
             self._sk.tell(points, [float(v) for v in losses])
         self.history.extend((dict(p), float(v)) for p, v in zip(params, losses, strict=True))
+        self._failed += [dict(p) for p, v in zip(params, losses, strict=True) if v >= FAILED_LOSS]
 
     def best(self) -> tuple[dict[str, Any], float] | None:
         return min(self.history, key=lambda item: item[1]) if self.history else None
