@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.job.search import CLOSEST
 from pipeline.records.links import run_link
 from pipeline.records.tracking import achieved_key
 
@@ -50,6 +51,8 @@ def table(summary: dict[str, Any]) -> str:
         lines += ["", *front_lines(t["kind"], entries)]
     else:
         head = f"target {t['kind']} >= {t['value']:g} on {where}: {verdict}"
+        if not summary["target_met"] and w:
+            head += f"; best = closest: {CLOSEST}"
     tail = f"rounds: {r['total']} ({r['feasible']} feasible, {r['failed']} failed)"
     if summary.get("screening"):
         tail += "; " + screening_text(summary["screening"])
