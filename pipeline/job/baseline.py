@@ -62,7 +62,10 @@ def prepare(spec: JobSpec, out_dir: Path, device: str = "cpu", log=print) -> Bas
     )
     curve: dict[str, list[float]] = {}
     if not has_weights and spec.finetune.pretrain_epochs > 0:
-        log(f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights given)")
+        log(
+            f"training the baseline for {spec.finetune.pretrain_epochs} epochs (no weights "
+            "given; each epoch's validation figure is before BatchNorm re-estimation)"
+        )
         started = time.perf_counter()
 
         def progress(epoch: int, loss: float, val: float | None) -> None:

@@ -19,19 +19,20 @@ def table(summary: dict[str, Any]) -> str:
     def fmt(v, spec="{:.4f}"):
         return "-" if v is None else spec.format(v)
 
+    metric = metric_label(summary)
     rows += [
-        ("val accuracy", fmt(b["accuracy"]), fmt(w.get("accuracy"))),
-        ("test accuracy", fmt(b["test_accuracy"]), fmt(w.get("test_accuracy"))),
+        (f"val {metric}", fmt(b["accuracy"]), fmt(w.get("accuracy"))),
+        (f"test {metric}", fmt(b["test_accuracy"]), fmt(w.get("test_accuracy"))),
         (
             f"latency ms ({t['runtime']})",
             fmt(b["latency_ms"], "{:.2f}"),
             fmt(w.get("latency_ms"), "{:.2f}"),
         ),
-        ("speedup (measured)", "1.00x", fmt(w.get("speedup"), "{:.2f}x")),
-        ("speedup onnxruntime", "1.00x", fmt(w.get("onnx_speedup"), "{:.2f}x")),
+        ("speedup (search's timing)", "1.00x", fmt(w.get("speedup"), "{:.2f}x")),
+        ("speedup onnxruntime (exported files)", "1.00x", fmt(w.get("onnx_speedup"), "{:.2f}x")),
         ("compression (file)", "1.00x", fmt(w.get("compression"), "{:.2f}x")),
         ("FLOPs", f"{b['flops']:,}", f"{w['flops']:,}" if w.get("flops") else "-"),
-        ("parameters", f"{b['param_count']:,}", f"{w.get('param_count') or 0:,}"),
+        ("parameters", count(b.get("param_count")), count(w.get("param_count"))),
         ("bytes", f"{b['bytes']:,}", f"{w['bytes']:,}" if w.get("bytes") else "-"),
     ]
     if w.get("source"):
@@ -60,6 +61,23 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join([head, *lines, tail, *warned])
 
 
+def metric_label(summary: dict[str, Any]) -> str:
+    """``accuracy``, or a custom task's ``metric (neg_mse)``: the summary's ``accuracy``
+    keys hold whatever the job's metric is."""
+    metric = summary.get("metric", "accuracy")
+    return metric if metric == "accuracy" else f"metric ({metric})"
+
+
+def count(n: int | None) -> str:
+    """A parameter count; ``-`` where none was counted (an int8 graph), never ``0``."""
+    return f"{n:,}" if n else "-"
+
+
+def times(x: float | None) -> str:
+    """A factor as ``2.13x``; ``-`` where there is none, never ``0.00x``."""
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def front_lines(kind: str, entries: list[dict[str, Any]]) -> list[str]:
     """One line per target of a front: met or not, its winner and where it is registered."""
     key = achieved_key(kind)
@@ -73,7 +91,7 @@ def front_lines(kind: str, entries: list[dict[str, Any]]) -> list[str]:
         line = (
             f"{head}  round {best['round']} ({best.get('source') or '-'}), val "
             f"{best['accuracy']:.4f}, test {best['test_accuracy']:.4f}, {key} "
-            f"{best.get(key) or 0:.2f}x"
+            f"{times(best.get(key))}"
         )
         m = e.get("mlflow") or {}
         if m.get("version") is not None:
@@ -105,8 +123,8 @@ def description(summary: dict[str, Any]) -> str:
             f"Chosen: round {w['round']} ({'+'.join(w['learners'])}{source}), validation "
             f"accuracy {w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test accuracy "
             f"{w['test_accuracy']:.4f} (baseline {b['test_accuracy']:.4f}), "
-            f"{key} {w.get(key) or 0:.2f}x, speedup on {t['runtime']} {w['speedup'] or 0:.2f}x, "
-            f"compression {w['compression'] or 0:.2f}x. "
+            f"{key} {times(w.get(key))}, speedup on {t['runtime']} {times(w['speedup'])}, "
+            f"compression {times(w['compression'])}. "
         )
     else:
         text += nothing_chosen(r).capitalize() + ". "
@@ -119,7 +137,7 @@ def description(summary: dict[str, Any]) -> str:
         text += (
             f"At {e['value']:g}x: {verdict}, round {best['round']}, validation accuracy "
             f"{best['accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f}, "
-            f"{key} {best.get(key) or 0:.2f}x. "
+            f"{key} {times(best.get(key))}. "
         )
     screened = summary.get("screening")
     if screened:

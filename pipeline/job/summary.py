@@ -43,6 +43,8 @@ def start(
         target["values"] = spec.target.values
     return {
         "job": spec.job_name,
+        # What the ``accuracy`` figures measure: a custom task's evaluate function names it.
+        "metric": spec.evaluate.rpartition(":")[2] if spec.evaluate else "accuracy",
         "target": target,
         "target_met": met,
         "stop_reason": stop_reason,
