@@ -10,14 +10,15 @@ import shutil
 import uuid
 from pathlib import Path
 
+from pipeline.job.twofidelity import DEFAULT_ROUNDS
 from pipeline.records import storage
 
 # Files a model leaves per round (weights, ONNX, deployable file, a spare for the
 # export's scratch copy) and what a run writes besides (plots, logs, summaries).
 FILES_PER_MODEL = 4
 OVERHEAD_BYTES = 64 * 2**20
-# Rounds assumed for a time-budgeted job (the search's own cap when rounds are not set).
-ROUNDS_WITHOUT_LIMIT = 30
+# Rounds assumed for a time-budgeted job: the rounds the search plans for then.
+ROUNDS_WITHOUT_LIMIT = DEFAULT_ROUNDS
 
 
 class OutputError(ValueError):
