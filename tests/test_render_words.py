@@ -1,6 +1,8 @@
-"""The summary table says what its figures are: a custom metric by its name, no ``0``
-for a count that was not made, and which measurement each speedup comes from."""
+"""Output says what its figures are: a custom metric by its name, no ``0`` for a count
+that was not made, which measurement each speedup comes from, and a threshold with the
+digits that decide it."""
 
+from pipeline.job.preflight import deciding
 from pipeline.job.render import description, table
 
 
@@ -45,3 +47,8 @@ def test_a_missing_factor_is_a_dash_never_zero():
     s["best"]["compression"] = None
     text = description(s)
     assert "compression -." in text and "0.00x" not in text
+
+
+def test_a_threshold_prints_with_the_digits_that_decide_it():
+    assert deciding(0.1498, 0.15) == ("0.1498", "0.1500")
+    assert deciding(0.42, 0.15) == ("0.420", "0.150")

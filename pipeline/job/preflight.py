@@ -278,11 +278,21 @@ def check_baseline_learnt(
             f"train it longer (finetune.pretrain_epochs, now {f.pretrain_epochs}), try another "
             f"finetune.pretrain_lr (now {f.pretrain_lr:g}) or give trained model.weights"
         )
+    got, floor = deciding(accuracy, chance_floor(chance))
     raise PreflightError(
-        f"the baseline's validation accuracy {accuracy:.3f} is near chance (1/{round(1 / chance)}"
-        f" classes = {chance:.3f}; needs at least {chance_floor(chance):.3f}): {fix}; "
+        f"the baseline's validation accuracy {got} is near chance (1/{round(1 / chance)}"
+        f" classes = {chance:.3f}; needs at least {floor}): {fix}; "
         "or set allow_untrained_baseline: true to search anyway (nothing at chance is met)"
     )
+
+
+def deciding(value: float, threshold: float) -> tuple[str, str]:
+    """Both numbers with the digits that tell them apart (0.1498 below 0.1500, never
+    0.150 next to "needs at least 0.150"): 3 decimals, more where those round alike."""
+    for digits in range(3, 9):
+        if round(value, digits) != round(threshold, digits):
+            break
+    return f"{value:.{digits}f}", f"{threshold:.{digits}f}"
 
 
 def _forward_failure(source: str, data: str, model: nn.Module, x: torch.Tensor, err: Exception):
