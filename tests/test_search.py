@@ -151,3 +151,36 @@ def test_a_chain_with_nothing_to_tune_runs_one_candidate():
     state, reason, _ = run_search(spec(rounds=8, batch=3), [], evaluate, lambda r, f: None)
     assert len(state.results) == 1 and "nothing to tune" in reason
     assert state.best_feasible() is state.results[0]
+
+
+def test_a_resumed_search_tells_its_history_and_does_not_start_over():
+    """A resumed job passes in the rounds it recorded: they are told to the optimiser
+    (its GP starts from them), the rule's start is not proposed again, and the loop only
+    adds the rounds still in the budget."""
+    job = spec(rounds=5, initial_points=2)
+    done = [CandidateResult.from_dict(d) for d in fake_evaluate()([{"x": 0.2}, {"x": 0.9}], 1)]
+    state = SearchState(job.target.kind, job.target.value)
+    state.add(done)
+    asked = []
+
+    def evaluate(proposals, first):
+        asked.extend(proposals)
+        return fake_evaluate()(proposals, first)
+
+    loop = TwoFidelity(
+        spec=job,
+        state=state,
+        dims=X,
+        baseline_accuracy=1.0,
+        screen=lambda settings, first: [],
+        evaluate=evaluate,
+        on_screen=lambda rows: None,
+        on_result=lambda r, feasible: None,
+        start={"x": 0.7},
+        log=lambda line: None,
+    )
+    (opt,) = loop.optimizers.values()
+    assert [p for p, _ in opt.history] == [{"x": 0.2}, {"x": 0.9}]
+    loop.run()
+    assert [r.round for r in state.results] == [1, 2, 3, 4, 5] and len(asked) == 3
+    assert {"x": 0.7} not in asked
