@@ -47,11 +47,12 @@ def chain_aids(learners: Sequence[Learner], info: ModelInfo, probe: Probe) -> Ai
             break
         # the learners after the first give got / its factor together: ask it for the rest
         share = probe.target.value / (got / first.factor)
-        parts[0] = (learners[0].name, learner_aids(learners[0], info, probe.aiming_at(share)))
+        again = learner_aids(learners[0], info, probe.aiming_at(share))
+        if again.start is None:  # no setting of its own reaches that share: keep the last
+            break
+        parts[0] = (learners[0].name, again)
         chain = _merged(parts)
-        if chain.start is None:
-            return chain
-        got = _measured(learners, info, probe, chain.start)
+        got = _measured(learners, info, probe, chain.start or {})
     if got is not None and chain.predict is not None and chain.start is not None:
         chain.predict = fitted(parts, chain.start, got)
         chain.factor = got
