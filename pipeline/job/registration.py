@@ -77,16 +77,18 @@ def register_winner(
     run_id: str,
     done: Exported,
     example: torch.Tensor,
-    won: list[str],
+    met: list[str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """A registered version of the winner, logged to ``run_id`` (its own child run, so
     the version's source run is the round that produced it), with an alias per target it
-    won (``speedup-3x``): ``{registered_model, version, model_uri, aliases}``, or
-    ``{registration_error}`` (registering must not cost the job its result)."""
+    met (labels in ``met``; ``speedup-3x``) and none for a target it did not, so an alias
+    never leaves a version that met it for one that did not:
+    ``{registered_model, version, model_uri, aliases}``, or ``{registration_error}``
+    (registering must not cost the job its result)."""
     name = registered_name(spec)
-    values = [v for v in spec.target.values if target_label(v) in won]
-    aliases = [target_alias(spec.target.kind, v) for v in values or [spec.target.value]]
+    aliases = [target_alias(spec.target.kind, v) for v in spec.target.values
+               if target_label(v) in met]  # fmt: skip
     try:
         # The rebuild recipe goes along, so a models:/ source rebuilds a prunable module.
         recipe = recipe_files(str(done.artifacts["best_model"]))

@@ -95,7 +95,8 @@ def front_lines(kind: str, entries: list[dict[str, Any]]) -> list[str]:
         )
         m = e.get("mlflow") or {}
         if m.get("version") is not None:
-            line += f", registered {m['registered_model']} v{m['version']} @{m['alias']}"
+            line += f", registered {m['registered_model']} v{m['version']}"
+            line += f" @{m['alias']}" if m.get("alias") else " (no alias: target not met)"
         out.append(line)
     return out
 

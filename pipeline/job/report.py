@@ -153,8 +153,14 @@ def _export_and_log(
         registration.log_winner(end.tracker, end.parent_run_id, done, won)
         if end.spec.tracking.register_model:
             run_id = done.best["run_id"] or end.parent_run_id
+            # Aliases only for the targets this winner met: an unmet best never takes one.
+            met = [
+                winners.target_label(x.value)
+                for x in chosen
+                if x.met and x.result is not None and x.result.round == w.result.round
+            ]
             done.registered = registration.register_winner(
-                end.spec, end.tracker, run_id, done, test.example, won, end.log
+                end.spec, end.tracker, run_id, done, test.example, met, end.log
             )
         exported[w.result.round] = done
     return exported

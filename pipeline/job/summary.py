@@ -158,11 +158,12 @@ def front_entries(
             done = exported[w.result.round]
             entry["best"] = dict(done.best)
             entry["artifacts"] = _own_folder(entry, done, out_dir / "best" / target_label(w.value))
-            version = done.registered.get("version")
+            alias = target_alias(spec.target.kind, w.value)
             entry["mlflow"] = {
                 "run_id": done.best["run_id"],
                 **done.registered,
-                "alias": target_alias(spec.target.kind, w.value) if version is not None else None,
+                # Only a target it met gave the version its alias.
+                "alias": alias if alias in done.registered.get("aliases", []) else None,
             }
         entries.append(entry)
     return entries
