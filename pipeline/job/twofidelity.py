@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,6 +307,12 @@ class TwoFidelity:
         if best is not None:
             line += f"; best screening {best.accuracy:.4f} at {best.achieved:.2f}x"
         self.log(f"{line}; {self.built} screened in all")
+        # Each distinct failure once, with how often: a failing setting says why.
+        errors = Counter(
+            (r.error or "no error text").splitlines()[0][:300] for r in rows if r.status == "failed"
+        )
+        for text, times in errors.items():
+            self.log(f"  screening failed{f' ({times}x)' if times > 1 else ''}: {text}")
 
     # -- promotion and full evaluation -----------------------------------------------------
 
