@@ -200,3 +200,11 @@ def test_a_held_run_cannot_be_taken_again_until_released(tmp_path):
         runlock.take(lock, "r1")
     runlock.release(held)
     runlock.release(runlock.take(lock, "r1"))
+
+
+def test_a_resume_under_another_name_is_refused(tmp_path, recorded):
+    """The name places the run's files and its lock: another name would let two
+    processes resume one run."""
+    _, _, parent, _ = recorded
+    with pytest.raises(ResumeError, match="that run is job 'resumable'.*--name resumable"):
+        check_resumable(job_spec(tmp_path, name="renamed"), parent)

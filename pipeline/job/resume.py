@@ -165,6 +165,12 @@ def check_resumable(spec: JobSpec, run_id: str) -> None:
             f"records to {spec.tracking.experiment!r}: pass --experiment {experiment} (or "
             "the job file that ran it)"
         )
+    name = run.info.run_name
+    if name and name != spec.job_name:  # the name places its files and its run lock
+        raise ResumeError(
+            f"--resume {run_id}: that run is job {name!r}, this one is named "
+            f"{spec.job_name!r}: pass --name {name} (or the job file that ran it)"
+        )
     recorded = _recorded_spec(client, run_id)
     differences = spec_differences(recorded, spec.to_dict())
     if differences:
