@@ -304,6 +304,7 @@ CASES = [
         "output-index-out-of-range",
         "target: {speedup: 2}\nmodel: {source: tests.helpers:tiny_cnn, output: 5}\n",
         "output",
+        drop=("--model",),  # the file's model block (with its output) is the case
     ),
     # user code that exits or interrupts: exit 2 with its own message, never 0
     Case("factory-sys-exit-0", ("--model", f"{HERE}:exiting_factory"), "sys.exit(0)"),
