@@ -309,7 +309,7 @@ def _search_and_report(
         return _nothing_to_search(
             spec, base, state, aids.unreachable, tracker, parent, out_dir, base_run
         )
-    search, progress = _search(
+    search, progress, board = _search(
         spec, state, dims, base, out_dir, pool, tracker, parent, resume_run_id, aids
     )
     started = time.perf_counter()
@@ -322,7 +322,7 @@ def _search_and_report(
     if screened is not None:
         _log(_screening_line(screened, state))
     _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
-    return _report(spec, base, state, reason, tracker, parent, out_dir, base_run, screened)
+    return _report(spec, base, state, reason, tracker, parent, out_dir, base_run, screened, board)
 
 
 def _report(
@@ -335,9 +335,10 @@ def _report(
     out_dir: Path,
     base_run: str | None,
     screened: dict[str, Any] | None,
+    board: PrefectBoard,
 ) -> dict[str, Any]:
-    """The summary (winners confirmed, exported, registered), on the board and, for an
-    s3:// output, uploaded."""
+    """The summary (winners confirmed, exported, registered), on the search's board (one
+    progress artifact per job) and, for an s3:// output, uploaded."""
     final_spec = spec
     if INTERRUPTS.requested and spec.tracking.register_model:
         # An interrupted job reports its best so far; it does not publish a new version.
@@ -359,7 +360,7 @@ def _report(
         confirm_winners=not INTERRUPTS.requested,
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
-    PrefectBoard(spec.job_name, log=_log).result(result_markdown(summary))
+    board.result(result_markdown(summary))
     if storage.is_s3(spec.output):
         summary = publish(spec, summary, out_dir, tracker, parent)
     return summary
@@ -450,7 +451,7 @@ def _search(
     parent: str,
     resume_run_id: str | None,
     aids: Aids,
-) -> tuple[TwoFidelity, SearchProgress]:
+) -> tuple[TwoFidelity, SearchProgress, PrefectBoard]:
     """The job's search loop, its rounds and screenings run on the task runner; every
     round is recorded as a child run and on the board as it completes."""
     recorded: list[ScreeningResult] = []
@@ -483,7 +484,7 @@ def _search(
         board.rounds(rounds_table(kind, rows), progress.fraction(state), len(rows))
 
     search.on_result = on_result
-    return search, progress
+    return search, progress, board
 
 
 def _evaluator(
