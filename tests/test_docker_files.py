@@ -179,7 +179,7 @@ def test_the_cuda_image_carries_a_driver_independent_cuda_torch_and_keeps_it():
     runs = [args for op, args in ops if op == "RUN"]
     install = next(r for r in runs if "--index-url ${TORCH_INDEX}" in r)
     assert f'"torch=={torch_pin()}"' in install and "torch.version.cuda" in install
-    project = next(r for r in runs if '".[dask]"' in r)
+    project = next(r for r in runs if '".[dask,postgres]"' in r)
     assert "-c /tmp/torch-cuda.txt" in project and "torch.version.cuda" in project
     assert runs.index(install) < runs.index(project)
     env = dict(ops)["ENV"]
