@@ -46,13 +46,16 @@ def test_keyboard_interrupt_from_user_code_is_not_a_ctrl_c(job_sigint):
 
 
 def test_with_pythons_own_sigint_handler_a_keyboard_interrupt_stays_one():
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
     def interrupt():
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        call_guarded("loss m:f", interrupt)
+    # Set here: a shell's background job starts with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call_guarded("loss m:f", interrupt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_os_exit_from_user_code_is_stopped_and_os_exit_restored():
