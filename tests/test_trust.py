@@ -318,8 +318,10 @@ def test_a_registered_winner_is_no_pickle_and_rebuilds_as_a_prunable_source(tmp_
     assert code in (0, 3) and summary["mlflow"].get("version"), summary["mlflow"]
     out = tmp_path / "out"
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
-    # MLflow resolves a run's logged model through the global tracking URI only.
+    # MLflow resolves a run's logged model through the global tracking URI only; an
+    # earlier test's mlflow.set_tracking_uri would win over the variable, so set both.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", uri)
     client = MlflowClient(uri)
     version = client.get_model_version(summary["mlflow"]["registered_model"], "1")
     files = [f.path for f in client.list_artifacts(version.run_id, "best_model")]
