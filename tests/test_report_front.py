@@ -30,8 +30,8 @@ from tests.helpers import tiny_cnn
 
 # Round -> (validation accuracy, recorded speedup interval on torch-cpu, source).
 FIGURES = {
-    1: (0.90, [1.7, 1.9], "fixed rule"),  # feasible at 1.5x only
-    2: (0.85, [3.2, 3.6], "screening"),  # feasible at 1.5x and 3x
+    1: (0.90, [1.7, 1.9], "rule:channel"),  # feasible at 1.5x only (the rule's start)
+    2: (0.85, [3.2, 3.6], "search"),  # feasible at 1.5x and 3x (screened first)
     3: (0.80, [3.1, 3.9], "search"),  # feasible at both, less accurate
 }
 
@@ -101,7 +101,7 @@ def prepared(root: Path, spec: JobSpec) -> tuple[Baseline, SearchState, Path]:
                 compression=2.0,
                 model_path=str(path),
                 source=source,
-                screening_score=accuracy - 0.3 if source == "screening" else None,
+                screening_score=accuracy - 0.3 if round_ == 2 else None,
             )
         )
     state.add(results)
@@ -153,10 +153,13 @@ def test_a_front_has_one_registered_winner_per_target(tmp_path, monkeypatch):
         (1.5, True, 1),
         (3.0, True, 2),
     ]
-    assert [e["best"]["source"] for e in entries] == ["fixed rule", "screening"]
+    assert [e["best"]["source"] for e in entries] == ["rule:channel", "search"]
+    assert [e["best"]["learners"] for e in entries] == [["channel"], ["channel"]]
     assert entries[1]["best"]["confirmed"] == {"torch-cpu": [3.2, 3.6]}
     # The top-level best is the smallest target's winner, in today's shape.
-    assert summary["best"]["round"] == 1 and summary["best"]["source"] == "fixed rule"
+    assert summary["best"]["round"] == 1 and summary["best"]["source"] == "rule:channel"
+    assert summary["best"]["learners"] == ["channel"]
+    assert "chains" not in summary  # one chain searched: the summary keeps its shape
     assert summary["mlflow"]["version"] == entries[0]["mlflow"]["version"]
 
     name = registration.registered_name(spec)

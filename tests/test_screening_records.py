@@ -116,9 +116,9 @@ def test_resume_restores_source_screening_score_and_intervals_and_judges_the_sam
     parent = tracker.start_job("job", {"name": "job"})
     state = SearchState("speedup", 2.0, chance=0.1)
     recorded = [
-        result(1, 2.4, [2.2, 2.6], source="fixed rule"),
+        result(1, 2.4, [2.2, 2.6], source="rule:channel,int8"),
         # Point above the target, interval's low end below it: not feasible.
-        result(2, 2.1, [1.9, 2.3], source="screening", screening_score=0.42),
+        result(2, 2.1, [1.9, 2.3], source="search", screening_score=0.42),
         result(3, 2.05, [2.01, 2.09], source="search"),
     ]
     for r in recorded:

@@ -58,7 +58,7 @@ def table(summary: dict[str, Any]) -> str:
     if summary.get("screening"):
         tail += "; " + screening_text(summary["screening"])
     warned = [f"warning: {w}" for w in summary.get("warnings", [])]
-    return "\n".join([head, *lines, tail, *warned])
+    return "\n".join([head, *lines, tail, *chain_lines(summary), *warned])
 
 
 def metric_label(summary: dict[str, Any]) -> str:
@@ -76,6 +76,59 @@ def count(n: int | None) -> str:
 def times(x: float | None) -> str:
     """A factor as ``2.13x``; ``-`` where there is none, never ``0.00x``."""
     return "-" if x is None else f"{x:.2f}x"
+
+
+def chain_label(params: dict[str, Any], learners: list[str]) -> str:
+    """The chain a setting belongs to: its ``chain`` choice (a job with alternatives),
+    else its learners joined by ',' (the same label)."""
+    return str(params.get("chain") or ",".join(learners))
+
+
+def row_chain(row: dict[str, Any]) -> str:
+    """A candidate row's chain label (``chain_label`` of its params and learners)."""
+    return chain_label(row.get("params") or {}, row.get("learners") or [])
+
+
+def chain_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The chain labels of candidate rows, each once, in the order they first appear."""
+    return list(dict.fromkeys(row_chain(row) for row in rows))
+
+
+def chain_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per chain of the summary's ``chains`` (a job that searched several):
+    ``chain channel,int8: 40 screened, 3 fine-tuned, best 0.9612 at 2.31x (round 5)``."""
+    key = achieved_key(summary["target"]["kind"])
+    chosen = (summary.get("best") or {}).get("round")
+    out = []
+    for label, c in (summary.get("chains") or {}).items():
+        parts = [] if c["screenings"] is None else [f"{c['screenings']} screened"]
+        parts.append(f"{c['full_evaluations']} fine-tuned ({c['feasible']} feasible)")
+        best = c["best"]
+        if best is None:
+            parts.append("nothing completed")
+        else:
+            notes = [f"round {best['round']}"]
+            notes += ["its fixed rule"] if str(best.get("source")).startswith("rule:") else []
+            notes += [] if best.get("feasible") else ["short of target"]
+            notes += ["the chosen one"] if best["round"] == chosen else []
+            parts.append(
+                f"best {_figure(best.get('accuracy'))} at {times(best.get(key))} "
+                f"({', '.join(notes)})"
+            )
+        out.append(f"chain {label}: {', '.join(parts)}")
+    return out
+
+
+def _figure(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def source_words(source: str) -> str:
+    """Where a setting came from, in words: ``rule:channel,int8`` is that chain's fixed
+    rule, ``search`` the search (older summaries' ``fixed rule``, ``screening`` as is)."""
+    if source.startswith("rule:"):
+        return f"the fixed rule of {source.removeprefix('rule:')}"
+    return f"the {source}"
 
 
 def front_lines(kind: str, entries: list[dict[str, Any]]) -> list[str]:
@@ -119,7 +172,7 @@ def description(summary: dict[str, Any]) -> str:
         text = f"compressflow job `{summary['job']}`: target {t['kind']} >= {t['value']:g}"
         text += f" on {where}, {verdict}. "
     if w:
-        source = f", from the {w['source']}" if w.get("source") else ""
+        source = f", from {source_words(w['source'])}" if w.get("source") else ""
         text += (
             f"Chosen: round {w['round']} ({'+'.join(w['learners'])}{source}), validation "
             f"accuracy {w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test accuracy "
@@ -180,13 +233,16 @@ def result_markdown(summary: dict[str, Any]) -> str:
 
 
 def rounds_table(kind: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One short row per round, for Prefect's table artifact and the terminal report."""
+    """One short row per round, for Prefect's table artifact and the terminal report;
+    with a ``chain`` column where the rounds were built by more than one chain."""
     key = achieved_key(kind)
+    several = len(chain_names(candidates)) > 1
     out = []
     for row in candidates:
         out.append(
             {
                 "round": row["round"],
+                **({"chain": row_chain(row)} if several else {}),
                 "status": row["status"],
                 "accuracy": _round(row.get("accuracy"), 4),
                 key: _round(row.get(key), 3),

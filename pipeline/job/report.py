@@ -66,6 +66,7 @@ def finalize(
     baseline_run_id: str | None = None,
     screening: dict[str, Any] | None = None,
     confirm_winners: bool = True,
+    screenings_by_chain: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The summary of a finished search. ``screening``: the two-fidelity search's counts
     (``{evaluated, skipped, failed, promoted, spearman}``), recorded as given. A speedup
@@ -75,7 +76,9 @@ def finalize(
     ``<kind>-<value>x``; ``best`` and ``target_met`` are then the smallest target's winner
     and "every target met" (the CLI's exit code). ``confirm_winners`` False (a job
     stopping on Ctrl-C or SIGTERM, which must exit within seconds): nothing is
-    re-measured, so no speedup target is declared met (a resumed job confirms)."""
+    re-measured, so no speedup target is declared met (a resumed job confirms). A job
+    that searched several chains gets ``chains`` (``summary.chains_entry``), its
+    screening counts per chain label from ``screenings_by_chain``."""
     end = Ending(spec, tracker, parent_run_id, out_dir, log)
     test = held_out(spec, baseline)
     confirmation: list[dict[str, Any]] = []
@@ -105,6 +108,11 @@ def finalize(
     )
     run_ids = tracker.child_ids(parent_run_id)
     summary["candidates"] = parts.candidate_rows(state, run_ids, best, labels)
+    if screening is None and screenings_by_chain is None:
+        screenings_by_chain = {}  # no screenings at all: none of any chain
+    by_chain = parts.chains_entry(state, spec.chains, screenings_by_chain)
+    if by_chain is not None:
+        summary["chains"] = by_chain
     exported = _export_and_log(end, chosen, baseline, test, run_ids, labels)
     _fill_winners(end, summary, chosen, exported, labels, baseline)
     _record(end, summary, exported, labels)

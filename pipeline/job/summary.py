@@ -8,12 +8,14 @@ candidate's searched settings (the baseline has none)."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.job.baseline import Baseline
 from pipeline.job.export import Exported
 from pipeline.job.registration import target_alias
+from pipeline.job.render import chain_label
 from pipeline.job.search import SearchState
 from pipeline.job.settings import measured_by
 from pipeline.job.winners import Winner, target_label
@@ -144,6 +146,51 @@ def candidate_rows(
             row["best_for"] = won_by.get(r.round, [])
         rows.append(row)
     return rows
+
+
+def chains_entry(
+    state: SearchState,
+    chains: list[list[str]],
+    screenings_by_chain: dict[str, int] | None = None,
+) -> dict[str, dict[str, Any]] | None:
+    """The summary's ``chains``: per chain label (the job's chains in order, then any
+    other a candidate was built with), ``{learners, screenings, full_evaluations,
+    feasible, best}``; None when fewer than two chains were searched (a one-chain job's
+    summary keeps its shape). ``screenings``: settings of the chain screened (None where
+    the counts are unknown); ``feasible`` and ``best`` at the smallest target, ``best``
+    chosen as the job's own winner is (``SearchState.best``) among the chain's rounds."""
+    labels = [",".join(c) for c in chains]
+    for r in state.results:
+        if (found := chain_label(r.params, r.learners)) not in labels:
+            labels.append(found)
+    if len(labels) < 2:
+        return None
+    return {label: _chain_figures(state, label, screenings_by_chain) for label in labels}
+
+
+def _chain_figures(
+    state: SearchState, label: str, screenings_by_chain: dict[str, int] | None
+) -> dict[str, Any]:
+    own = [r for r in state.results if chain_label(r.params, r.learners) == label]
+    best = replace(state, results=own).best()
+    return {
+        "learners": label.split(","),
+        "screenings": None if screenings_by_chain is None else screenings_by_chain.get(label, 0),
+        "full_evaluations": len(own),
+        "feasible": sum(state.feasible(r) for r in own),
+        "best": None if best is None else chain_best(state, best),
+    }
+
+
+def chain_best(state: SearchState, r: CandidateResult) -> dict[str, Any]:
+    """A chain's best round in a few figures: the target kind's own figure among them."""
+    return {
+        "round": r.round,
+        "accuracy": r.accuracy,
+        achieved_key(state.target_kind): r.achieved(state.target_kind),
+        "feasible": state.feasible(r),
+        "source": r.source,
+    }
 
 
 def front_entries(
