@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.job.render import row_chain
 from pipeline.records.tracking import achieved_key
 
 # 12 x 7.5 inches at 100 dpi: 1200 px wide, readable without zooming.
@@ -35,6 +36,7 @@ class Point:
     achieved: float | None
     is_best: bool
     run_id: str | None = None
+    chain: str = ""  # the chain's label ("" for the baseline)
 
     @property
     def drawable(self) -> bool:
@@ -62,6 +64,7 @@ def points(summary: dict[str, Any]) -> list[Point]:
                 row.get(key),
                 bool(row.get("is_best")),
                 row.get("run_id"),
+                row_chain(row),
             )
         )
     return out
@@ -144,40 +147,97 @@ def legend_label(summary: dict[str, Any], category: str, label: str) -> str:
 
 # Winner marks in turn (a front has several): colour, and each target line's dash.
 MARK_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+# A job that searched several chains: each chain's points in turn get one of these.
+CHAIN_COLOURS = ("#2ca02c", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b", "#17becf", "#bcbd22")
+NEUTRAL = "#999999"  # the marker shapes' own legend entries, with chains coloured
+
+
+@dataclass(frozen=True)
+class Group:
+    """Points drawn alike: one colour and the marker of their category; ``label`` is
+    their legend entry ("" where a separate ``legend_entries`` entry names them)."""
+
+    label: str
+    colour: str
+    category: str
+    points: tuple[Point, ...]
+
+
+def chain_names(pts: list[Point]) -> list[str]:
+    """The candidates' chains, each once, in the order they first appear."""
+    return list(dict.fromkeys(p.chain for p in pts if p.category != "baseline"))
+
+
+def groups(summary: dict[str, Any], pts: list[Point]) -> list[Group]:
+    """What to draw: one group per category (coloured by category) for a job with one
+    chain; with several, the baseline, then per chain one group per category, in the
+    chain's colour (the category still by marker)."""
+    names = chain_names(pts)
+    if len(names) < 2:
+        out = []
+        for category, (label, colour, _, _) in STYLE.items():
+            members = tuple(p for p in pts if p.category == category)
+            if members:
+                label = _unplaced(legend_label(summary, category, label), members)
+                out.append(Group(label, colour, category, members))
+        return out
+    out = [Group("baseline", STYLE["baseline"][1], "baseline", tuple(pts[:1]))]
+    for i, name in enumerate(names):
+        for category in list(STYLE)[1:]:
+            members = tuple(p for p in pts if p.chain == name and p.category == category)
+            if members:
+                out.append(Group("", CHAIN_COLOURS[i % len(CHAIN_COLOURS)], category, members))
+    return out
+
+
+def legend_entries(summary: dict[str, Any], pts: list[Point]) -> list[tuple[str, str, str]]:
+    """With several chains, the legend's own entries as ``(label, colour, category)``:
+    each chain (its colour) and each category's marker (neutral grey); none for one."""
+    names = chain_names(pts)
+    if len(names) < 2:
+        return []
+    out = [
+        (f"chain {name}", CHAIN_COLOURS[i % len(CHAIN_COLOURS)], "feasible")
+        for i, name in enumerate(names)
+    ]
+    for category, (label, _, _, _) in list(STYLE.items())[1:]:
+        members = tuple(p for p in pts if p.category == category)
+        if members:
+            out.append(
+                (_unplaced(legend_label(summary, category, label), members), NEUTRAL, category)
+            )
+    return out
+
+
+def _unplaced(label: str, members: tuple[Point, ...]) -> str:
+    """A legend label saying how many of its points failed before they were measured
+    (nowhere to put them)."""
+    unplaced = sum(not p.drawable for p in members)
+    return f"{label} ({unplaced} without a measurement)" if unplaced else label
 
 
 def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, float]]:
     """Write the plot as a PNG; returns ``{label: (x, y)}`` of every point drawn."""
+    import matplotlib.pyplot as plt
+
+    drawn: dict[str, tuple[float, float]] = {}
+    fig = figure_png(summary, drawn)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return drawn
+
+
+def figure_png(summary: dict[str, Any], drawn: dict[str, tuple[float, float]]) -> Any:
+    """The PNG's matplotlib figure; ``drawn`` gets ``{label: (x, y)}`` of every point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = points(summary)
-    drawn: dict[str, tuple[float, float]] = {}
     with plt.rc_context({"font.size": 14, "axes.titlesize": 17, "axes.labelsize": 15}):
         fig, ax = plt.subplots(figsize=FIGSIZE)
-        for category, (label, colour, marker, _) in STYLE.items():
-            label = legend_label(summary, category, label)
-            group = [p for p in pts if p.category == category]
-            shown = [p for p in group if p.drawable]
-            unplaced = len(group) - len(shown)
-            if not group:
-                continue
-            if unplaced:  # failed before they were measured: nowhere to put them
-                label += f" ({unplaced} without a measurement)"
-            xs = [float(p.achieved or 0.0) for p in shown]  # drawable: both are measured
-            ys = [float(p.accuracy or 0.0) for p in shown]
-            ax.scatter(
-                xs, ys, s=110, c=colour, marker=marker, label=label, zorder=3, edgecolors="white"
-            )
-            for p in shown:
-                drawn[p.label] = (float(p.achieved), float(p.accuracy))  # type: ignore[arg-type]
-                if p.category != "baseline":
-                    ax.annotate(
-                        str(p.round), (p.achieved, p.accuracy), fontsize=11,
-                        xytext=(6, 5), textcoords="offset points",
-                    )  # fmt: skip
+        _scatter_png(ax, summary, pts, drawn)
         front = pareto(pts)
         if len(front) > 1:
             ax.step(
@@ -204,36 +264,45 @@ def draw_png(summary: dict[str, Any], path: Path) -> dict[str, tuple[float, floa
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", framealpha=0.9)
         fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-    return drawn
+    return fig
+
+
+def _scatter_png(
+    ax: Any, summary: dict[str, Any], pts: list[Point], drawn: dict[str, tuple[float, float]]
+) -> None:
+    """The points, group by group (``groups``), each candidate numbered by its round, and
+    the legend's own entries (``legend_entries``) where chains are coloured."""
+    for g in groups(summary, pts):
+        shown = [p for p in g.points if p.drawable]
+        ax.scatter(
+            [float(p.achieved or 0.0) for p in shown],  # drawable: both are measured
+            [float(p.accuracy or 0.0) for p in shown],
+            s=110, c=g.colour, marker=STYLE[g.category][2], label=g.label or "_nolegend_",
+            zorder=3, edgecolors="white",
+        )  # fmt: skip
+        for p in shown:
+            drawn[p.label] = (float(p.achieved), float(p.accuracy))  # type: ignore[arg-type]
+            if p.category != "baseline":
+                ax.annotate(
+                    str(p.round), (p.achieved, p.accuracy), fontsize=11,
+                    xytext=(6, 5), textcoords="offset points",
+                )  # fmt: skip
+    for label, colour, category in legend_entries(summary, pts):
+        ax.scatter([], [], s=110, c=colour, marker=STYLE[category][2], label=label)
 
 
 def draw_html(summary: dict[str, Any], path: Path) -> None:
     """The same plot as a self-contained interactive HTML file (plotly; works offline)."""
+    figure_html(summary).write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def figure_html(summary: dict[str, Any]) -> Any:
+    """The HTML's plotly figure."""
     import plotly.graph_objects as go
 
     pts = points(summary)
-    rows = {r["round"]: r for r in summary.get("candidates", [])}
     fig = go.Figure()
-    for category, (label, colour, _, symbol) in STYLE.items():
-        label = legend_label(summary, category, label)
-        shown = [p for p in pts if p.category == category and p.drawable]
-        if not shown:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=[p.achieved for p in shown],
-                y=[p.accuracy for p in shown],
-                mode="markers+text" if category != "baseline" else "markers",
-                text=[str(p.round) if p.round else "" for p in shown],
-                textposition="top right",
-                name=label,
-                marker={"color": colour, "symbol": symbol, "size": 12},
-                hovertext=[_hover(p, rows.get(p.round)) for p in shown],
-                hoverinfo="text",
-            )
-        )
+    _scatter_html(fig, summary, pts)
     front = pareto(pts)
     if len(front) > 1:
         fig.add_trace(
@@ -275,7 +344,43 @@ def draw_html(summary: dict[str, Any], path: Path) -> None:
         font={"size": 14},
         template="plotly_white",
     )
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return fig
+
+
+def _scatter_html(fig: Any, summary: dict[str, Any], pts: list[Point]) -> None:
+    """The points as in the PNG (``groups``, ``legend_entries``), each with its hover text:
+    a chain's groups share its legend entry (clicking it hides the chain)."""
+    import plotly.graph_objects as go
+
+    rows = {r["round"]: r for r in summary.get("candidates", [])}
+    for g in groups(summary, pts):
+        shown = [p for p in g.points if p.drawable]
+        if not shown:
+            continue
+        chain = shown[0].chain
+        fig.add_trace(
+            go.Scatter(
+                x=[p.achieved for p in shown],
+                y=[p.accuracy for p in shown],
+                mode="markers+text" if g.category != "baseline" else "markers",
+                text=[str(p.round) if p.round else "" for p in shown],
+                textposition="top right",
+                name=g.label or f"chain {chain}: {STYLE[g.category][0]}",
+                legendgroup=f"chain {chain}" if not g.label else None,
+                showlegend=bool(g.label),
+                marker={"color": g.colour, "symbol": STYLE[g.category][3], "size": 12},
+                hovertext=[_hover(p, rows.get(p.round)) for p in shown],
+                hoverinfo="text",
+            )
+        )
+    for label, colour, category in legend_entries(summary, pts):
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode="markers", name=label,
+                legendgroup=label if label.startswith("chain ") else None,
+                marker={"color": colour, "symbol": STYLE[category][3], "size": 12},
+            )
+        )  # fmt: skip
 
 
 def _hover(p: Point, row: dict[str, Any] | None) -> str:
