@@ -132,7 +132,7 @@ def run(spec: spec_mod.JobSpec) -> Result:
 
 def _run(spec: spec_mod.JobSpec) -> dict[str, Any]:
     t = spec.target
-    learners = ", ".join(spec.learners)
+    learners = spec.learners_text
     print(f"job {spec.job_name}: {learners}, target {t.kind} >= {t.value:g} ({t.runtime})")
     try:
         found = preflight.check(spec)

@@ -11,6 +11,9 @@ a third-party learner is checked like a built-in one):
 - ``keeps_float``: whether its output is still float weights a later learner may edit
   (an int8 graph, codes or codebooks are not: nothing may follow such a learner).
 - ``runtimes``: the runtimes its output can be timed on (None: any).
+- ``speeds_up`` (optional): the runtimes on which its output runs faster than its input
+  (None, or not declared: every runtime it runs on; ``()``: none, it saves bytes only).
+  ``learners: auto`` builds speedup chains only of learners that speed up the runtime.
 - ``space(info)``: the dimensions it lets the optimiser tune.
 - ``compress(model, params, ctx)``: a NEW module (the input is never mutated); it writes
   JSON-able per-layer settings to ``ctx.records[name]``.
@@ -116,6 +119,7 @@ class LearnerDefaults:
     stage: ClassVar[Stage] = Stage.STRUCTURE
     keeps_float: ClassVar[bool] = True
     runtimes: tuple[str, ...] | None = None
+    speeds_up: tuple[str, ...] | None = None
 
     def save(self, model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path:
         return save_deployable(model, example_inputs, stem)

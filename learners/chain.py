@@ -18,6 +18,7 @@ what is wrong and what would be valid.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +109,41 @@ def check_runtime(learners: Sequence[Learner], runtime: str) -> None:
             f"learner {learner.name!r} as configured runs only on {', '.join(allowed)}, but "
             f"the target runtime is {runtime!r}: set target.runtime to {allowed[0]!r}{hint}"
         )
+
+
+def valid_chains(
+    runtimes: Sequence[str],
+    kind: str,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    max_length: int = 2,
+) -> list[list[str]]:
+    """Every chain of up to ``max_length`` known learners that ``validate_chain`` accepts on
+    every runtime and whose every learner can move the target: for speedup, each one
+    speeds up every runtime (``speeds_up``; a learner that only saves bytes would cost
+    accuracy for nothing); for compression, any. Shorter chains first, then by name."""
+    names = known()
+    useful = [
+        n
+        for n in names
+        if kind != "speedup" or _speeds_up(get(n, **dict((options or {}).get(n, {}))), runtimes)
+    ]
+    chains: list[list[str]] = []
+    for length in range(1, max_length + 1):
+        for combo in itertools.permutations(useful, length):
+            try:
+                for runtime in runtimes:
+                    validate_chain(combo, runtime=runtime, options=options)
+            except ValueError:
+                continue
+            chains.append(list(combo))
+    return chains
+
+
+def _speeds_up(learner: Learner, runtimes: Sequence[str]) -> bool:
+    faster_on = getattr(learner, "speeds_up", None)
+    if faster_on is None:
+        faster_on = learner.runtimes
+    return faster_on is None or all(r in faster_on for r in runtimes)
 
 
 def _rank(learner: Learner) -> tuple[int, bool]:

@@ -243,6 +243,7 @@ class Sparsity(LearnerDefaults):
 
     name = "sparsity"
     stage: ClassVar[Stage] = Stage.SPARSITY
+    speeds_up: tuple[str, ...] | None = ()  # dense kernels: zeros save bytes, not time
 
     def __init__(self, config: SparsityConfig | None = None, **options: Any) -> None:
         self.config = config or SparsityConfig(**options)

@@ -26,7 +26,7 @@ from learners.base import ModelInfo, NothingToSearch
 from learners.compose import chain_aids
 from pipeline import runners
 from pipeline.job import baseline as baseline_mod
-from pipeline.job import candidate, report, runlock, screening
+from pipeline.job import candidate, chains, report, runlock, screening
 from pipeline.job.datafacts import dataset_facts
 from pipeline.job.modelfile import load_baseline
 from pipeline.job.probe import probe_for
@@ -302,15 +302,19 @@ def _search_and_report(
         state.add(done)
         _log(f"resumed {len(done)} recorded rounds from run {resume_run_id}")
     screens = bool(dims) and screening_budget(spec) > 0
-    aids = _aids(
+    by_chain = _aids(
         spec, info, base, out_dir, tracker, parent, resumed=bool(resume_run_id), screening=screens
     )
+    aids = chains.merged_aids(by_chain)
     if aids.unreachable and not spec.force_search:  # its calibration proves it (exit 3)
         return _nothing_to_search(
             spec, base, state, aids.unreachable, tracker, parent, out_dir, base_run
         )
+    if len(by_chain) > 1 and not spec.force_search:  # the others are searched on their own
+        spec, by_chain, dims = _reachable(spec, by_chain, info, dims)
+    starts = chains.starts(by_chain, dims)
     search, progress, board = _search(
-        spec, state, dims, base, out_dir, pool, tracker, parent, resume_run_id, aids
+        spec, state, dims, base, out_dir, pool, tracker, parent, resume_run_id, aids, starts
     )
     started = time.perf_counter()
     with progress:
@@ -422,22 +426,41 @@ def _aids(
     *,
     resumed: bool,
     screening: bool,
-) -> Aids:
-    """Before the search: what the chain's learners tell it (``learners.aids``): their
-    lines go to the log, their records and files to the job's run. A resumed job asks
-    for no rule start (its history is its start); a predictor is asked for only when
-    there are screenings to skip."""
+) -> dict[str, Aids]:
+    """Before the search: what each chain's learners tell it (``learners.aids``), by the
+    chain's label: their lines go to the log, their records and files to the job's run.
+    A resumed job asks for no rule start (its history is its start); a predictor is
+    asked for only when there are screenings to skip."""
     probe = probe_for(
         spec, info, base.bytes, out_dir, start=not resumed, predictor=screening, log=_log
     )
-    aids = chain_aids(build_learners(spec), info, probe)
-    for line in aids.lines + aids.warnings:
+    by_chain = {
+        chains.label(c): chain_aids(build_learners(chains.for_chain(spec, c)), info, probe)
+        for c in spec.chains
+    }
+    merged = chains.merged_aids(by_chain)
+    for line in merged.lines + merged.warnings:
         _log(line)
-    for name, record in aids.records.items():
+    for name, record in merged.records.items():
         tracker.log_dict(parent, record, name)
-    for path in aids.files:
+    for path in merged.files:
         tracker.log_file(parent, path)
-    return aids
+    return by_chain
+
+
+def _reachable(
+    spec: JobSpec, by_chain: dict[str, Aids], info: ModelInfo, dims: list[Any]
+) -> tuple[JobSpec, dict[str, Aids], list[Any]]:
+    """The job narrowed to the chains whose calibration does not prove them short of the
+    target (the log says which were left out and why)."""
+    kept = {n: a for n, a in by_chain.items() if not a.unreachable}
+    if len(kept) == len(by_chain):
+        return spec, by_chain, dims
+    for name, aids in by_chain.items():
+        if aids.unreachable:
+            _log(f"chain {name} left out of the search: {aids.unreachable}")
+    spec = chains.narrowed(spec, [n.split(",") for n in kept])
+    return spec, kept, search_space(spec, info)
 
 
 def _search(
@@ -451,6 +474,7 @@ def _search(
     parent: str,
     resume_run_id: str | None,
     aids: Aids,
+    starts: list[dict[str, Any]],
 ) -> tuple[TwoFidelity, SearchProgress, PrefectBoard]:
     """The job's search loop, its rounds and screenings run on the task runner; every
     round is recorded as a child run and on the board as it completes."""
@@ -464,13 +488,15 @@ def _search(
         dims=dims,
         baseline_accuracy=base.accuracy,
         screen=_screener(spec, base, out_dir, pool),
-        evaluate=_evaluator(spec, base, out_dir, pool, aids.start),
+        evaluate=_evaluator(spec, base, out_dir, pool),
         on_screen=lambda rows: tracker.log_screenings(screen_run, rows),
         on_result=lambda r, feasible: None,  # set below: it reports on the search's state
         predict=aids.predict,
-        start=aids.start,
+        starts=starts,
         screenings=recorded,
         log=_log,
+        rule_source=lambda params: f"rule:{chains.label(chains.chain_of(spec, params))}",
+        normalize=chains.canonical(dims),
     )
     progress = SearchProgress(spec.budget.rounds, spec.budget.minutes)
     board = PrefectBoard(spec.job_name, log=_log)
@@ -487,34 +513,37 @@ def _search(
     return search, progress, board
 
 
-def _evaluator(
-    spec: JobSpec,
-    base: baseline_mod.Baseline,
-    out_dir: Path,
-    pool: Any,
-    start: dict[str, Any] | None,
-) -> Any:
-    """Full evaluations of a batch of settings, one task each, in parallel on ``pool``."""
-    batch_args = {"spec": spec, "baseline_uri": base.model_path, "baseline_bytes": base.bytes}
+def _evaluator(spec: JobSpec, base: baseline_mod.Baseline, out_dir: Path, pool: Any) -> Any:
+    """Full evaluations of a batch of settings, one task each, in parallel on ``pool``;
+    each built by its own chain (``chains.for_chain``) and recorded with the setting as
+    the search proposed it (its choice of chain included)."""
+    batch_args = {"baseline_uri": base.model_path, "baseline_bytes": base.bytes}
 
     def evaluate_batch(proposals: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
         if INTERRUPTS.requested:
             raise Stopped([], 0)
         workdir = str(out_dir / "rounds")
-        futures = [
-            pool.submit(
-                evaluate_candidate,
-                {**batch_args, "params": p, "round_index": first + i, "workdir": workdir},
+        futures = []
+        for i, p in enumerate(proposals):
+            own_spec, own = _own(spec, p)
+            args = {"spec": own_spec, "params": own, "round_index": first + i}
+            futures.append(
+                pool.submit(evaluate_candidate, {**batch_args, **args, "workdir": workdir})
             )
-            for i, p in enumerate(proposals)
-        ]
         results = gather(futures)
-        for r in results:  # the rule's own setting is the rule's answer, not the search's
-            if start is not None and r["params"] == start:
-                r["source"] = "fixed rule"
+        for r, p in zip(results, proposals, strict=True):
+            r["params"] = dict(p)
         return results
 
     return evaluate_batch
+
+
+def _own(spec: JobSpec, params: dict[str, Any]) -> tuple[JobSpec, dict[str, Any]]:
+    """The spec a setting's chain builds it with, and the parameters that chain reads."""
+    if len(spec.chains) == 1:
+        return spec, params
+    chain = chains.chain_of(spec, params)
+    return chains.for_chain(spec, chain), chains.own_params(params, chain)
 
 
 def _screening_run(
@@ -534,34 +563,50 @@ def _screening_run(
 
 def _screener(spec: JobSpec, base: baseline_mod.Baseline, out_dir: Path, pool: Any) -> Any:
     """Screenings of a chunk of settings, batched on the task runner (one task per part
-    of the chunk, in parallel)."""
+    of the chunk, in parallel; with alternative chains, per part of each run of settings
+    of one chain, each built by its chain and recorded as proposed)."""
     parts = max(1, spec.budget.batch)
     workdir = str(out_dir / "screening")
+    batch_args = {"baseline_uri": base.model_path, "baseline_bytes": base.bytes}
 
     def screen(settings: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
         if INTERRUPTS.requested:
             raise Stopped([], 0)
-        size = -(-len(settings) // parts)  # ceil: one task per part, in parallel
-        futures = [
-            pool.submit(
-                screen_settings,
-                {
-                    "spec": spec,
-                    "baseline_uri": base.model_path,
-                    "baseline_bytes": base.bytes,
-                    "settings": settings[i : i + size],
-                    "first_index": first + i,
-                    "workdir": workdir,
-                },
-            )
-            for i in range(0, len(settings), size)
-        ]
+        futures = []
+        for own_spec, own, start in _runs_by_chain(spec, settings, first):
+            size = -(-len(own) // parts)  # ceil: one task per part, in parallel
+            for i in range(0, len(own), size):
+                args = {"spec": own_spec, "settings": own[i : i + size], "first_index": start + i}
+                futures.append(
+                    pool.submit(screen_settings, {**batch_args, **args, "workdir": workdir})
+                )
         try:
-            return [row for part in gather(futures) for row in part]
+            rows = [row for part in gather(futures) for row in part]
         except Stopped:  # screenings are cheap: an interrupted chunk is dropped whole
             raise Stopped([], 0) from None
+        for row, p in zip(rows, settings, strict=True):
+            row["params"] = dict(p)
+        return rows
 
     return screen
+
+
+def _runs_by_chain(
+    spec: JobSpec, settings: list[dict[str, Any]], first: int
+) -> list[tuple[JobSpec, list[dict[str, Any]], int]]:
+    """Consecutive settings of one chain, as (that chain's spec, their own parameters,
+    the first one's index); one run for a one-chain job."""
+    runs: list[tuple[JobSpec, list[dict[str, Any]], int]] = []
+    last = None
+    for offset, params in enumerate(settings):
+        key = params.get(chains.CHAIN)
+        own_spec, own = _own(spec, params)
+        if runs and key == last:
+            runs[-1][1].append(own)
+        else:
+            runs.append((own_spec, [own], first + offset))
+        last = key
+    return runs
 
 
 def _screening_line(screened: dict[str, Any], state: SearchState) -> str:

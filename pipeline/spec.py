@@ -28,7 +28,7 @@ from pydantic import (
 
 from learners import registry
 from learners.base import RUNTIMES
-from learners.chain import validate_chain
+from learners.chain import valid_chains, validate_chain
 from learners.finetune import ADAMW_DEFAULTS, AUTOCASTS
 from pipeline import jobyaml
 from pipeline.measure.clocks import clock_problem
@@ -462,10 +462,15 @@ class JobSpec(_Strict):
         default_factory=Data, description="training and evaluation data: a source, or these fields"
     )
     target: Target = Field(description="what the compressed model must reach, and where")
-    learners: list[str] = Field(
+    learners: list[str] | list[list[str]] | typing.Literal["auto"] = Field(
         default_factory=lambda: ["channel"],
         min_length=1,
-        description="compression learners, a chain applied in order (or a comma-separated string)",
+        description="compression learners: one chain applied in order ('channel,int8'), "
+        "alternative chains the search chooses among ([[channel], [channel, int8]], or "
+        "'channel;channel,int8'), or auto (every valid chain, see auto_chain_length)",
+    )
+    auto_chain_length: int = Field(
+        2, ge=1, le=3, description="learners: auto builds chains of up to this many learners"
     )
     learner_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -571,15 +576,18 @@ class JobSpec(_Strict):
     @field_validator("learners", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+        return split_chains(v)
 
     @field_validator("learners")
     @classmethod
-    def _known_learners(cls, v: list[str]) -> list[str]:
+    def _known_learners(cls, v: list[str] | list[list[str]] | str) -> Any:
         known = registry.known()
-        for name in v:
+        for name in {n for chain in _as_chains(v) for n in chain}:
             if name not in known:
                 raise ValueError(f"unknown learner {name!r}; known learners: {', '.join(known)}")
+        chains = [",".join(c) for c in _as_chains(v)]
+        if repeated := sorted({c for c in chains if chains.count(c) > 1}):
+            raise ValueError(f"chain {repeated[0]} is listed more than once")
         return v
 
     @field_validator("learner_options")
@@ -587,10 +595,11 @@ class JobSpec(_Strict):
     def _typed_learner_options(
         cls, v: dict[str, dict[str, Any]], info: ValidationInfo
     ) -> dict[str, dict[str, Any]]:
-        chain = info.data.get("learners") or []
+        given = info.data.get("learners") or []
+        used = {n for chain in _as_chains(given) for n in chain} if given != "auto" else None
         for name in v:
-            if name not in chain:
-                raise ValueError(f"names {name!r}, which is not in learners {chain}")
+            if used is not None and name not in used:
+                raise ValueError(f"names {name!r}, which is not in learners {given}")
         return {name: learner_options(name, options) for name, options in v.items()}
 
     @field_validator("device")
@@ -602,8 +611,41 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _chain_is_valid(self) -> JobSpec:
-        _check_chain(self.learners, self.target.runtimes, self.learner_options)
+        if self.learners == "auto":  # expanded once, here: the spec then lists its chains
+            chains = valid_chains(
+                self.target.runtimes, self.target.kind, self.learner_options, self.auto_chain_length
+            )
+            if not chains:
+                raise ValueError(
+                    f"learners: auto found no chain of up to {self.auto_chain_length} "
+                    f"learners that gives {self.target.kind} on {', '.join(self.target.runtimes)}"
+                )
+            object.__setattr__(self, "learners", chains[0] if len(chains) == 1 else chains)
+        for chain in self.chains:
+            _check_chain(chain, self.target.runtimes, self.learner_options)
         return self
+
+    @property
+    def chains(self) -> list[list[str]]:
+        """The chains the job searches among: one for an ordinary job."""
+        return _as_chains(self.learners)
+
+    @property
+    def learners_text(self) -> str:
+        """The chain ("channel, int8") or the alternatives ("channel; int8; channel,int8")."""
+        chains = self.chains
+        if len(chains) == 1:
+            return ", ".join(chains[0])
+        return "; ".join(",".join(c) for c in chains)
+
+    @property
+    def chain(self) -> list[str]:
+        """The job's one chain; a job with alternatives has none until one is picked
+        (``pipeline.job.chains.for_chain``)."""
+        chains = self.chains
+        if len(chains) != 1:
+            raise ValueError(f"this job searches {len(chains)} chains: pick one first")
+        return chains[0]
 
     @model_validator(mode="after")
     def _clock_fits_runtimes(self) -> JobSpec:
@@ -619,7 +661,9 @@ class JobSpec(_Strict):
         if self.name:
             return self.name
         t = self.target
-        name = f"{_model_slug(self.model.source)}-{'-'.join(self.learners)}-{t.kind}{t.value:g}"
+        chains = self.chains
+        method = "-".join(chains[0]) if len(chains) == 1 else f"{len(chains)}-chains"
+        name = f"{_model_slug(self.model.source)}-{method}-{t.kind}{t.value:g}"
         return _UNSAFE.sub("-", name).strip("-.")[:NAME_MAX]
 
     def to_dict(self) -> dict[str, Any]:
@@ -645,6 +689,31 @@ def check_name(name: str, what: str = "name") -> None:
             f"{what} {name!r} may hold only letters, digits, '.', '_' and '-', and must "
             "start with a letter or digit"
         )
+
+
+def split_chains(v: Any) -> Any:
+    """``learners`` as given -> one chain (a list of names), several (a list of lists; one
+    listed alone is that chain), or "auto". A string: "auto", "a,b" (one chain) or
+    "a;b,c" (alternatives)."""
+    if isinstance(v, str):
+        if v.strip() == "auto":
+            return "auto"
+        parts = [[n.strip() for n in part.split(",") if n.strip()] for part in v.split(";")]
+        v = [p for p in parts if p] if ";" in v else (parts[0] if parts else [])
+    if isinstance(v, list | tuple) and v == ["auto"]:
+        return "auto"
+    if isinstance(v, list | tuple) and v and all(isinstance(c, list | tuple) for c in v):
+        chains = [split_chains(c) if isinstance(c, str) else list(c) for c in v]
+        return chains[0] if len(chains) == 1 else chains
+    return v
+
+
+def _as_chains(v: Any) -> list[list[str]]:
+    if isinstance(v, str):  # "auto", not yet expanded
+        return []
+    if v and isinstance(v[0], list):
+        return [list(c) for c in v]
+    return [list(v)]
 
 
 def _model_slug(source: str) -> str:

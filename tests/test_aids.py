@@ -224,11 +224,11 @@ def test_a_lowrank_search_starts_from_its_rule_and_skips_what_its_predictor_rule
         on_screen=lambda rows: None,
         on_result=lambda r, feasible: None,
         predict=aids.predict,
-        start=aids.start,
+        starts=[aids.start],
         log=lambda line: None,
     )
     loop.run()
-    assert evaluated[0] == aids.start and loop.state.results[0].source == "fixed rule"
+    assert evaluated[0] == aids.start and loop.state.results[0].source == "rule"
     assert loop.screenings[0].params == aids.start  # screened first, too
     skipped = [r for r in loop.screenings if r.status == "skipped"]
     floor = spec.screening.skip_below * 3.0
@@ -290,6 +290,6 @@ def test_a_lowrank_job_starts_from_its_rule_and_skips_what_its_predictor_rules_o
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code in (0, 3)
     first = summary["candidates"][0]
-    assert first["source"] == "fixed rule"
+    assert first["source"] == "rule:" + ",".join(first["learners"])
     assert len({v for k, v in first["params"].items() if k.startswith("lowrank.rank.")}) == 1
     assert summary["screening"]["skipped"] > 0

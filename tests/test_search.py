@@ -26,7 +26,7 @@ def run_search(job, dims, evaluate, on_result, start=None):
         evaluate=evaluate,
         on_screen=lambda rows: None,
         on_result=on_result,
-        start=start,
+        starts=[start] if start else [],
         log=lambda line: None,
     )
     assert not loop.screening
@@ -95,7 +95,7 @@ def test_the_search_starts_from_the_rules_setting():
 
     state, _, _ = run_search(spec(rounds=3), X, evaluate, lambda r, f: None, start={"x": 0.7})
     assert first_batch == [{"x": 0.7}]
-    assert state.results[0].source == "fixed rule"
+    assert state.results[0].source == "rule"
     assert {r.source for r in state.results[1:]} == {"search"}
 
 
@@ -176,7 +176,7 @@ def test_a_resumed_search_tells_its_history_and_does_not_start_over():
         evaluate=evaluate,
         on_screen=lambda rows: None,
         on_result=lambda r, feasible: None,
-        start={"x": 0.7},
+        starts=[{"x": 0.7}],
         log=lambda line: None,
     )
     (opt,) = loop.optimizers.values()

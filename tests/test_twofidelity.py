@@ -69,7 +69,7 @@ def search(spec, start=None, predict=None, screenings=None, state=None):
         on_screen=recorded.extend,
         on_result=lambda r, feasible: None,
         predict=predict,
-        start=start,
+        starts=[start] if start else [],
         screenings=screenings or [],
         log=lambda line: None,
     )
@@ -93,7 +93,7 @@ def test_promotes_the_best_screening_that_meets_the_target():
     tf, *_ = search(job(rounds=3, screen=30))  # 10 screenings, then one promotion, x3
     for r in tf.state.results:
         row = next(s for s in tf.screenings if s.promoted_round == r.round)
-        assert r.screening_score == row.accuracy and r.source == "screening"
+        assert r.screening_score == row.accuracy and r.source == "search"
         assert row.achieved >= 2.0
         earlier = [x.params for x in tf.state.results if x.round < r.round]
         rivals = [
@@ -112,8 +112,8 @@ def test_the_fixed_rule_is_screened_and_fully_evaluated_first():
     tf, *_ = search(job(rounds=3, screen=30), start=rule)
     assert tf.screenings[0].params == rule
     first = tf.state.results[0]
-    assert first.params == rule and first.source == "fixed rule" and first.round == 1
-    assert all(r.source == "screening" for r in tf.state.results[1:])
+    assert first.params == rule and first.source == "rule" and first.round == 1
+    assert all(r.source == "search" for r in tf.state.results[1:])
 
 
 def test_settings_predicted_far_below_the_target_are_not_built():

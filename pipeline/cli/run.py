@@ -36,7 +36,11 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="digits | cifar10:<dir> | imagefolder:<dir> | module:callable")
     g.add_argument("--image-size", type=int)
     g.add_argument("--data-limit", type=int, help="use at most this many samples")
-    g.add_argument("--learners", help="learner or comma-separated chain, e.g. channel,int8")
+    g.add_argument(
+        "--learners",
+        help="learner or comma-separated chain (channel,int8); alternatives the search "
+        "chooses among, separated by ';' ('channel;int8;channel,int8'); or auto",
+    )
     g.add_argument(
         "--learner-option",
         action="append",
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.runners import INTERRUPTS, Interrupted
 
     print(
-        f"job {spec.job_name}: {', '.join(spec.learners)} on {spec.model.source} / "
+        f"job {spec.job_name}: {spec.learners_text} on {spec.model.source} / "
         f"{spec.data.source}, target {spec.target.kind} >= {spec.target.value:g} "
         f"({spec.target.runtime})",
         flush=True,

@@ -70,7 +70,7 @@ def evaluate(
     """Build, fine-tune and measure one candidate on ``device``; returns
     ``CandidateResult.to_dict()``."""
     started = time.perf_counter()
-    result = CandidateResult(round=round_index, params=dict(params), learners=list(spec.learners))
+    result = CandidateResult(round=round_index, params=dict(params), learners=list(spec.chain))
     out = Path(workdir) / f"round-{round_index:03d}"
     try:
         torch.manual_seed(spec.seed + round_index)
@@ -127,7 +127,7 @@ def evaluate(
                 )
                 result.speedup = timing.speedup
         # No pickle: the state (safetensors) and the chain's replay records (JSON).
-        result.model_path = str(save_candidate(model, result.records, out))
+        result.model_path = str(save_candidate(model, result.records, out, spec.chain))
     except Exception as err:
         result.status = "failed"
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"

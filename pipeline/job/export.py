@@ -15,6 +15,7 @@ from torch import nn
 from learners.formats.export import export_onnx
 from pipeline import measure
 from pipeline.job.baseline import Baseline
+from pipeline.job.chains import for_chain
 from pipeline.job.modelfile import copy_candidate, load_candidate
 from pipeline.job.settings import build_learners, latency_settings
 from pipeline.job.task import task_for
@@ -81,7 +82,9 @@ def export_winner(
         "deployable": str(deployable) if deployable else str(onnx_path),
         "run_id": None,
     }
-    timed = time_everywhere(spec, base_model, model, example, folder)
+    # Where the winner's own chain runs (a job with alternatives: the chain it won with).
+    own = for_chain(spec, best.learners) if best.learners else spec
+    timed = time_everywhere(own, base_model, model, example, folder)
     report["runtimes"] = timed
     artifacts: dict[str, str | None] = {"best_onnx": str(onnx_path), "best_model": str(model_path)}
     return Exported(report, model, artifacts, warnings_for(spec, timed, best))

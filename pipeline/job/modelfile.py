@@ -34,12 +34,14 @@ from learners.formats.modelfile import (
     saved_files,
 )
 from learners.formats.onnx_module import OnnxModule
+from pipeline.job.chains import for_chain
 from pipeline.job.settings import build_learners, splits_for
 from pipeline.records import storage
 from pipeline.sources.models import ModelSourceError, build_model, with_logits_output
 from pipeline.spec import JobSpec, parse
 
 RECORDS_FILE = "records.json"
+CHAIN_RECORD = "chain"  # records.json: the learners that built the candidate, in order
 MODEL_FILE = "model.safetensors"
 GRAPH_SOURCE_LEARNERS = ("int8",)  # what an ONNX or torch.export source can go through
 
@@ -72,7 +74,8 @@ def check_source_learners(spec: JobSpec, model: nn.Module) -> None:
         kind = "a torch.export program (no layer modules)"
     else:
         return
-    other = [n for n in spec.learners if n not in GRAPH_SOURCE_LEARNERS]
+    used = {n for chain in spec.chains for n in chain}
+    other = sorted(n for n in used if n not in GRAPH_SOURCE_LEARNERS)
     if other:
         raise ModelSourceError(
             f"model {spec.model.source} is {kind}, so learners {', '.join(other)} cannot "
@@ -116,12 +119,15 @@ def load_baseline(spec: JobSpec, path: str | Path) -> nn.Module:
     return load_model(model, path)
 
 
-def save_candidate(model: nn.Module, records: dict[str, Any], folder: str | Path) -> Path:
+def save_candidate(
+    model: nn.Module, records: dict[str, Any], folder: str | Path, chain: list[str] | None = None
+) -> Path:
     """``folder``/model.safetensors (+ its graph or codecs file) and records.json: the
-    chain's replay records. Returns the safetensors path."""
+    chain's replay records, and the chain itself. Returns the safetensors path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RECORDS_FILE).write_text(json.dumps(records, indent=1, default=str))
+    saved = {**records, CHAIN_RECORD: list(chain)} if chain else records
+    (folder / RECORDS_FILE).write_text(json.dumps(saved, indent=1, default=str))
     return save_model(model, folder / MODEL_FILE)
 
 
@@ -148,7 +154,9 @@ def replay(spec: JobSpec, baseline: nn.Module, records: dict[str, Any], seed: in
         seed=seed,
     )
     model = baseline
-    for learner in build_learners(spec):
+    # A job with alternative chains saved each candidate's own chain beside its records.
+    chain = records.get(CHAIN_RECORD) or spec.chain
+    for learner in build_learners(for_chain(spec, list(chain))):
         replay_one = getattr(learner, "replay", None)
         if replay_one is None:
             # A learner without replay is taken to keep the architecture (weights only);

@@ -14,6 +14,7 @@ from hpo.space import Dimension, namespaced
 from learners import distill
 from learners.base import ModelInfo
 from learners.chain import chain_space
+from pipeline.job import chains
 from pipeline.job.settings import build_learners
 from pipeline.job.task import accuracy_floor
 from pipeline.records.results import CandidateResult
@@ -33,7 +34,11 @@ CLOSEST = (
 
 
 def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
-    dims = chain_space(build_learners(spec), info)
+    """The job's space: its chain's dimensions, or with alternatives the choice of chain
+    and every chain's dimensions (``pipeline.job.chains``); distillation's if searched."""
+    dims = chains.search_space(
+        spec.chains, lambda chain: chain_space(build_learners(chains.for_chain(spec, chain)), info)
+    )
     if spec.distillation.enabled and spec.distillation.search:
         dims += namespaced(distill.NAMESPACE, distill.space())
     return dims

@@ -80,7 +80,7 @@ def build_learners(spec: JobSpec) -> list[Learner]:
     """The job's chain, each learner built with its options from the spec; a learner that
     fits itself to the runtime (``for_runtimes``: channel's ``round_to: auto``) is told
     the target's runtimes."""
-    chain = [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.learners]
+    chain = [registry.get(n, **spec.learner_options.get(n, {})) for n in spec.chain]
     return [
         x.for_runtimes(spec.target.runtimes) if hasattr(x, "for_runtimes") else x for x in chain
     ]

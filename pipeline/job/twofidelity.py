@@ -20,7 +20,11 @@ penalty outweighs), so the GP stops proposing them.
 
 The fixed rule's setting (the chain's rule start, ``learners.aids``), when there is one,
 is screened first and fully evaluated first: the search starts from the rule's answer,
-and its source says whether the winner came from the rule or from the search.
+and its source says whether the winner came from the rule or from the search. A job with
+alternative chains (``pipeline.job.chains``) has one rule start per chain, all screened
+and fully evaluated before any other setting, so the search starts from the best rule of
+each method; its proposals are put in the space's canonical form (``normalize``: the
+dimensions a setting's chain does not use held at one value).
 
 Without screenings each iteration asks the optimisers for a batch of settings and
 evaluates them fully; the optimisers are told each full evaluation's loss as it is (with
@@ -143,9 +147,11 @@ class TwoFidelity:
     on_screen: Callable[[list[ScreeningResult]], None]
     on_result: Callable[[CandidateResult, bool], None]
     predict: Predict | None = None
-    start: dict[str, Any] | None = None
+    starts: list[dict[str, Any]] = field(default_factory=list)
     screenings: list[ScreeningResult] = field(default_factory=list)
     log: Callable[[str], None] = print
+    rule_source: Callable[[dict[str, Any]], str] = lambda params: "rule"
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] = lambda params: params
     optimizers: dict[float, Optimizer] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,8 +169,9 @@ class TwoFidelity:
             )
             for i, t in enumerate(self.state.targets)
         }
-        if self.start is not None and not self.screenings and not self.state.results:
-            self.optimizers[self.state.targets[0]].suggest(self.start)
+        if not self.screenings and not self.state.results:
+            for start in self.starts:
+                self.optimizers[self.state.targets[0]].suggest(start)
         # Screenings are recorded as they are made, before any is promoted: a resumed job
         # finds which were promoted from its recorded full evaluations.
         for result in self.state.results:
@@ -237,7 +244,7 @@ class TwoFidelity:
             if share:
                 opt = self.optimizers[t]
                 proposals += opt.ask_many(share) if self.screening else opt.ask(share)
-        return proposals
+        return [self.normalize(p) for p in proposals]
 
     def _screen_chunk(self, n: int) -> None:
         """Screen ``n`` settings; those the predictor skips are replaced by new proposals
@@ -324,9 +331,7 @@ class TwoFidelity:
         picks: list[ScreeningResult] = []
         if k <= 0:
             return picks
-        start_row = self._start_row()
-        if start_row is not None:
-            picks.append(start_row)
+        picks += self._start_rows()[:k]
         targets = self.state.targets
         stalled = 0
         while len(picks) < k and stalled < len(targets):
@@ -340,13 +345,24 @@ class TwoFidelity:
             picks.append(row)
         return picks
 
-    def _start_row(self) -> ScreeningResult | None:
-        if self.start is None or self.state.results:
-            return None
-        for row in self.screenings:
-            if row.promoted_round is None and row.params == self.start and row.status == "ok":
-                return row
-        return None
+    def _start_rows(self) -> list[ScreeningResult]:
+        """The screenings of rule starts not yet fully evaluated, in the starts' order."""
+        done = [r.params for r in self.state.results]
+        rows = []
+        for start in self.starts:
+            if start in done:
+                continue
+            row = next(
+                (
+                    r
+                    for r in self.screenings
+                    if r.promoted_round is None and r.params == start and r.status == "ok"
+                ),
+                None,
+            )
+            if row is not None:
+                rows.append(row)
+        return rows
 
     def _best_for(self, target: float, picks: list[ScreeningResult]) -> ScreeningResult | None:
         taken = [r.params for r in self.state.results] + [r.params for r in picks]
@@ -374,10 +390,7 @@ class TwoFidelity:
         for row, result in zip(picks, batch, strict=True):
             row.promoted_round = result.round
             result.screening_score = row.accuracy
-            if row.params == self.start:
-                result.source = "fixed rule"
-            elif self.screening:
-                result.source = "screening"
+            result.source = self.rule_source(row.params) if row.params in self.starts else "search"
         self.state.add(batch)
         gap = self.fine_tune_gap()
         for t in self.optimizers:  # told with the next chunk of screenings

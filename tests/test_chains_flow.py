@@ -1,0 +1,65 @@
+"""A job with alternative chains, end to end on a real (tiny) model and real data: every
+chain's rule start is fully evaluated first, each candidate is built by its own chain and
+recorded with it, the winner rebuilds from its files, and jobs/auto.yaml runs."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline.cli.main import main
+from pipeline.job.modelfile import load_saved
+from tests.helpers import TINY_JOB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(tmp_path, *flags):
+    code = main(
+        [
+            "run", *TINY_JOB,
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--output", str(tmp_path / "out"),
+            "--summary-json", str(tmp_path / "summary.json"),
+            "--no-register", *flags,
+        ]
+    )  # fmt: skip
+    return code, json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_each_chains_rule_first_then_the_search_across_chains(tmp_path):
+    code, summary = run(
+        tmp_path, "--learners", "channel;lowrank", "--target-compression", "2",
+        "--rounds", "4", "--screen", "16",
+    )  # fmt: skip
+    assert code in (0, 3)
+    rows = summary["candidates"]
+    assert [r["source"] for r in rows[:2]] == ["rule:channel", "rule:lowrank"]
+    for r in rows:  # built by the chain it names, recorded with the choice
+        assert r["learners"] == r["params"]["chain"].split(",")
+        assert r["source"] in ("search", f"rule:{r['params']['chain']}")
+    best = summary["best"]
+    assert best["learners"] == best["params"]["chain"].split(",")
+    # the winner's files rebuild the winner's own chain (its records name it)
+    model = load_saved(best["deployable"].rsplit("/", 1)[0] + "/model.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == best["param_count"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = summary["mlflow"]["parent_run_id"]
+    kind = "tags.`compressflow.kind` = 'candidate'"
+    runs = client.search_runs(
+        [summary["mlflow"]["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and {kind}",
+    )
+    assert {r.data.params["chain"] for r in runs} == {"channel", "lowrank"}
+
+
+@pytest.mark.slow
+def test_the_auto_job_file_runs(tmp_path):
+    code, summary = run(
+        tmp_path, "--job", str(ROOT / "jobs" / "auto.yaml"), "--model", "tests.helpers:tiny_cnn",
+        "--rounds", "3", "--screen", "12", "--minutes", "10",
+    )  # fmt: skip
+    assert code in (0, 3)
+    chains = {r["params"]["chain"] for r in summary["candidates"]}
+    assert len(chains) >= 2 and summary["target"]["runtime"] == "onnxruntime-cpu"
