@@ -12,6 +12,7 @@ import json
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -326,7 +327,12 @@ def _search_and_report(
     if screened is not None:
         _log(_screening_line(screened, state))
     _log(f"search stopped: {reason} after {time.perf_counter() - started:.0f} s")
-    return _report(spec, base, state, reason, tracker, parent, out_dir, base_run, screened, board)
+    built = Counter(
+        str(r.params.get(chains.CHAIN)) for r in search.screenings if r.status != "skipped"
+    )
+    return _report(
+        spec, base, state, reason, tracker, parent, out_dir, base_run, screened, board, built
+    )
 
 
 def _report(
@@ -340,6 +346,7 @@ def _report(
     base_run: str | None,
     screened: dict[str, Any] | None,
     board: PrefectBoard,
+    screenings_by_chain: dict[str, int],
 ) -> dict[str, Any]:
     """The summary (winners confirmed, exported, registered), on the search's board (one
     progress artifact per job) and, for an s3:// output, uploaded."""
@@ -362,6 +369,7 @@ def _report(
         screening=screened,
         # A stopped job exits promptly: no re-measuring (its speedup winners stay unconfirmed).
         confirm_winners=not INTERRUPTS.requested,
+        screenings_by_chain=screenings_by_chain,
     )
     summary = _without_credentials(summary, out_dir, tracker, parent)
     board.result(result_markdown(summary))

@@ -611,7 +611,7 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _chain_is_valid(self) -> JobSpec:
-        if self.learners == "auto":  # expanded once, here: the spec then lists its chains
+        if isinstance(self.learners, str):  # "auto": expanded once, here, into its chains
             chains = valid_chains(
                 self.target.runtimes, self.target.kind, self.learner_options, self.auto_chain_length
             )

@@ -39,6 +39,11 @@ def test_each_chains_rule_first_then_the_search_across_chains(tmp_path):
     for r in rows:  # built by the chain it names, recorded with the choice
         assert r["learners"] == r["params"]["chain"].split(",")
         assert r["source"] in ("search", f"rule:{r['params']['chain']}")
+    per_chain = summary["chains"]
+    assert set(per_chain) == {"channel", "lowrank"}
+    assert sum(c["screenings"] for c in per_chain.values()) == summary["screening"]["evaluated"]
+    assert sum(c["full_evaluations"] for c in per_chain.values()) == len(rows)
+    assert all(c["screenings"] > 0 for c in per_chain.values())
     best = summary["best"]
     assert best["learners"] == best["params"]["chain"].split(",")
     # the winner's files rebuild the winner's own chain (its records name it)
