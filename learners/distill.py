@@ -16,6 +16,7 @@ from hpo.space import Dimension, Real
 from learners.finetune import DistillSettings
 
 NAMESPACE = "distill"
+ON = "on"  # the searched choice to distil at all (a job with distillation.search)
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,11 @@ class Distillation(_Strict):
         le=1,
         description="weight of the soft (teacher) loss; cross-entropy gets 1 - alpha",
     )
-    search: bool = Field(default=False, description="let the optimiser tune temperature and alpha")
+    search: bool = Field(
+        default=False,
+        description="let the optimiser choose whether to distil (per setting, so per chain) "
+        "and tune temperature and alpha",
+    )
     teacher: str | None = Field(
         default=None, description="a model source or file; the baseline when empty"
     )
@@ -287,6 +291,12 @@ class Measure(_Strict):
         description="what times a run: `cpu` (the timing thread's CPU time, which leaves out "
         "time taken by other processes; torch-cpu and onnxruntime-cpu with threads: 1 "
         "only), `wall`, or `auto`: cpu where valid, else wall (GPU runtimes: wall)",
+    )
+    pin: bool = Field(
+        default=False,
+        description="keep the timing thread on the core it runs on while it times (steadier "
+        "ratios under load in BENCHMARKS.md 'Timing under load'; off by default: jobs or "
+        "rounds timing at once may be pinned to one core together)",
     )
 
     @model_validator(mode="after")

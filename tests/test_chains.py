@@ -188,3 +188,24 @@ def test_the_search_starts_from_every_chains_rule_and_finds_the_better_chain():
     ones = [r.params for r in loop.screenings if r.params["chain"] == "channel"]
     assert ones and all(p["lowrank.y"] == 0.0 for p in ones)
     assert {r.params["chain"] for r in loop.screenings} == {"channel", "lowrank"}
+
+
+def test_distilling_at_all_is_a_searched_choice():
+    import torch
+
+    from learners.base import ModelInfo
+    from pipeline.job.search import search_space
+    from pipeline.job.settings import distill_settings
+    from tests.helpers import tiny_cnn
+
+    spec = job("channel;lowrank", {"speedup": 2, "runtime": "torch-cpu"},
+               distillation={"enabled": True, "search": True})  # fmt: skip
+    dims = search_space(spec, ModelInfo(tiny_cnn(), torch.randn(2, 1, 8, 8)))
+    on = next(d for d in dims if d.name == "distill.on")
+    assert set(on.choices) == {True, False}
+    assert {"distill.temperature", "distill.alpha"} <= {d.name for d in dims}
+    chosen = {"distill.on": True, "distill.temperature": 2.5, "distill.alpha": 0.3}
+    assert distill_settings(spec, chosen).temperature == 2.5
+    assert distill_settings(spec, {**chosen, "distill.on": False}) is None
+    # a setting's own parameters keep the choice, whichever chain it is built by
+    assert chains.own_params({"chain": "lowrank", **chosen}, ["lowrank"]) == chosen

@@ -110,6 +110,7 @@ def screen_batch(
         warmup=timing.warmup,
         repeats=spec.screening.repeats,
         clock=timing.clock,
+        pin=timing.pin,
     )
     results = []
     for offset, params in enumerate(settings):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.objective import at_chance, loss
-from hpo.space import Dimension, namespaced
+from hpo.space import Categorical, Dimension, namespaced
 from learners import distill
 from learners.base import ModelInfo
 from learners.chain import chain_space
@@ -40,7 +40,9 @@ def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
         spec.chains, lambda chain: chain_space(build_learners(chains.for_chain(spec, chain)), info)
     )
     if spec.distillation.enabled and spec.distillation.search:
-        dims += namespaced(distill.NAMESPACE, distill.space())
+        # Whether to distil at all is searched too, with its temperature and weight.
+        choice = Categorical(distill.ON, (True, False))
+        dims += namespaced(distill.NAMESPACE, [choice, *distill.space()])
     return dims
 
 

@@ -46,7 +46,10 @@ def distill_settings(spec: JobSpec, params: dict[str, Any]) -> DistillSettings |
     if not d.enabled:
         return None
     fixed = DistillSettings(temperature=d.temperature, alpha=d.alpha)
-    return distill.settings_from_params(split_namespace(params, distill.NAMESPACE), default=fixed)
+    own = split_namespace(params, distill.NAMESPACE)
+    if own.pop(distill.ON, True) is False:  # the search chose to train without a teacher
+        return None
+    return distill.settings_from_params(own, default=fixed)
 
 
 def latency_settings(
@@ -66,6 +69,7 @@ def latency_settings(
         max_repeats=m.max_repeats,
         tolerance=min(0.5, 2 * m.tolerance) if quick else m.tolerance,
         clock=m.clock,
+        pin=m.pin,
     )
 
 
