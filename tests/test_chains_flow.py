@@ -68,3 +68,26 @@ def test_the_auto_job_file_runs(tmp_path):
     assert code in (0, 3)
     chains = {r["params"]["chain"] for r in summary["candidates"]}
     assert len(chains) >= 2 and summary["target"]["runtime"] == "onnxruntime-cpu"
+
+
+def test_a_front_over_alternatives_resumes_where_it_stopped(tmp_path):
+    job = tmp_path / "front.yaml"
+    job.write_text(
+        "target: {compression: [1.5, 3.0]}\n"
+        "learners: [[channel], [lowrank]]\n"
+        "budget: {rounds: 3, screen: 12}\n"
+    )
+    code, first = run(tmp_path, "--job", str(job))
+    assert code in (0, 3) and first["rounds"]["total"] == 3
+    entries = first["targets"]
+    assert [e["value"] for e in entries] == [1.5, 3.0]
+    for e in entries:  # each target's winner names the chain it won with
+        if e["best"]:
+            assert e["best"]["learners"] == e["best"]["params"]["chain"].split(",")
+    parent = first["mlflow"]["parent_run_id"]
+    code, second = run(tmp_path, "--job", str(job), "--rounds", "5", "--resume", parent)
+    assert second["mlflow"]["parent_run_id"] == parent and second["rounds"]["total"] == 5
+    rows = second["candidates"]
+    assert [r["params"] for r in rows[:3]] == [r["params"] for r in first["candidates"]]
+    assert all(r["params"]["chain"] in ("channel", "lowrank") for r in rows)
+    assert sum(c["full_evaluations"] for c in second["chains"].values()) == 5
