@@ -34,7 +34,7 @@ from pipeline.job.probe import probe_for
 from pipeline.job.progress import SearchProgress
 from pipeline.job.render import result_markdown, rounds_table
 from pipeline.job.resume import results_from_history, reuse_baseline, with_recorded_figures
-from pipeline.job.search import SearchState, search_space, state_for
+from pipeline.job.search import SearchState, search_space, searchable, state_for
 from pipeline.job.settings import build_learners, measured_by, splits_for
 from pipeline.job.summary import baseline_result, candidate_rows
 from pipeline.job.twofidelity import TwoFidelity, screening_budget
@@ -294,7 +294,7 @@ def _search_and_report(
     info = ModelInfo(load_baseline(spec, base.model_path), splits.example_inputs())
     state = state_for(spec, base.accuracy, splits.num_classes)
     try:
-        dims = search_space(spec, info)
+        spec, dims = searchable(spec, info, _log)
     except NothingToSearch as err:  # e.g. no group prunes consistently: a summary says why, exit 3
         why = f"nothing to search: {err}"
         return _nothing_to_search(spec, base, state, why, tracker, parent, out_dir, base_run)

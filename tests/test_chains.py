@@ -209,3 +209,32 @@ def test_distilling_at_all_is_a_searched_choice():
     assert distill_settings(spec, {**chosen, "distill.on": False}) is None
     # a setting's own parameters keep the choice, whichever chain it is built by
     assert chains.own_params({"chain": "lowrank", **chosen}, ["lowrank"]) == chosen
+
+
+def test_a_chain_with_nothing_to_search_is_left_out_and_the_rest_searched():
+    import torch
+
+    from learners import registry
+    from learners.base import LearnerDefaults, ModelInfo, NothingToSearch
+    from pipeline.job.search import searchable
+    from tests.helpers import tiny_cnn
+
+    class Empty(LearnerDefaults):
+        name = "empty"
+        config = None
+
+        def space(self, info):
+            raise NothingToSearch("no group prunes consistently")
+
+    registry.register("empty", lambda **options: Empty())
+    try:
+        info = ModelInfo(tiny_cnn(), torch.randn(2, 1, 8, 8))
+        lines = []
+        spec, dims = searchable(job("lowrank;empty", {"compression": 2}), info, lines.append)
+        assert spec.chains == [["lowrank"]] and "chain" not in [d.name for d in dims]
+        assert lines == ["chain left out of the search, nothing to search in empty: no group "
+                         "prunes consistently"]  # fmt: skip
+        with pytest.raises(NothingToSearch, match="no group prunes"):  # one chain: as before
+            searchable(job("empty", {"compression": 2}), info)
+    finally:
+        registry.unregister("empty")

@@ -98,3 +98,15 @@ def test_dask_workers_keep_the_same_books_as_one_at_a_time(tmp_path, real_server
         screens = [t for t in tasks if t.name.startswith("screen-")]
         assert len(screens) == 4 and all(t.state.is_completed() for t in screens)
     assert on_dask["screening"]["evaluated"] == sequential["screening"]["evaluated"] == 60
+
+
+def test_alternative_chains_run_on_dask_workers(tmp_path, real_server):
+    # Each setting is built by its own chain's spec, shipped to the worker with it.
+    summary = run_job(
+        tmp_path, "dask-chains", "--runner", "dask", "--workers", "2",
+        "--learners", "channel;lowrank",
+    )  # fmt: skip
+    rows = books(summary)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert {r["params"]["chain"] for r in rows} == {"channel", "lowrank"}
+    assert set(summary["chains"]) == {"channel", "lowrank"}

@@ -12,7 +12,7 @@ from typing import Any
 from hpo.objective import at_chance, loss
 from hpo.space import Categorical, Dimension, namespaced
 from learners import distill
-from learners.base import ModelInfo
+from learners.base import ModelInfo, NothingToSearch
 from learners.chain import chain_space
 from pipeline.job import chains
 from pipeline.job.settings import build_learners
@@ -44,6 +44,28 @@ def search_space(spec: JobSpec, info: ModelInfo) -> list[Dimension]:
         choice = Categorical(distill.ON, (True, False))
         dims += namespaced(distill.NAMESPACE, [choice, *distill.space()])
     return dims
+
+
+def searchable(
+    spec: JobSpec, info: ModelInfo, log: Callable[[str], None] = print
+) -> tuple[JobSpec, list[Dimension]]:
+    """The job narrowed to the chains that have something to search on this model (a
+    chain whose learner finds nothing, e.g. no channel group prunes consistently, is left
+    out and the log says why), and its space. ``NothingToSearch`` if no chain has any."""
+    if len(spec.chains) > 1:
+        kept, left_out = [], []
+        for chain in spec.chains:
+            try:
+                chain_space(build_learners(chains.for_chain(spec, chain)), info)
+                kept.append(chain)
+            except NothingToSearch as err:
+                left_out.append(f"{chains.label(chain)}: {err}")
+        if not kept:
+            raise NothingToSearch("; ".join(left_out))
+        for why in left_out:
+            log(f"chain left out of the search, nothing to search in {why}")
+        spec = chains.narrowed(spec, kept)
+    return spec, search_space(spec, info)
 
 
 @dataclass
