@@ -45,6 +45,10 @@ def raw_spec(target: float, clock: str, pretrain_epochs: int, max_ratio: float) 
         "finetune": {"pretrain_epochs": pretrain_epochs},
         "measure": {"batch_size": 32, "threads": 1, "clock": clock},
         "seed": 0,
+        # The calibrated ratio rests on latency alone (a uniform ratio prunes to the same
+        # widths whatever the weights): a barely trained baseline is enough, and the
+        # preflight's near-chance check would stop it.
+        "allow_untrained_baseline": True,
     }
 
 
