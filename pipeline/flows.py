@@ -318,11 +318,58 @@ def _search_and_report(
         spec, state, dims, base, out_dir, pool, tracker, parent, resume_run_id, aids, starts
     )
     started = time.perf_counter()
+    fault: Exception | None = None
     with progress:
         try:
             reason = search.run()
         except Stopped as stop:
             reason = record_stop(stop, state, search.on_result, pool)
+        except Exception as err:  # noqa: BLE001 - what finished is reported, then it surfaces
+            fault = err
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            reason = f"stopped by an error: {type(err).__name__}: {first}"
+    args = (spec, base, state, reason, search, tracker, parent, out_dir, base_run, board, started)
+    if fault is not None:
+        raise _reported_fault(fault, lambda: _report_search(*args))
+    return _report_search(*args)
+
+
+class SearchFault(Exception):
+    """The search stopped on an error (the disk filled up, the store went away, a bug):
+    ``summary`` is the report of the rounds that finished (None if it could not be
+    written either), ``__cause__`` the error."""
+
+    def __init__(self, summary: dict[str, Any] | None) -> None:
+        super().__init__("the search stopped on an error")
+        self.summary = summary
+
+
+def _reported_fault(fault: Exception, report_now: Any) -> SearchFault:
+    """``fault`` wrapped with the summary of what finished, written now where it can be."""
+    try:
+        summary = report_now()
+    except Exception as err:  # noqa: BLE001 - the same fault may stop the report too
+        _log(f"the summary could not be written either: {type(err).__name__}: {err}")
+        summary = None
+    wrapped = SearchFault(summary)
+    wrapped.__cause__ = fault
+    return wrapped
+
+
+def _report_search(
+    spec: JobSpec,
+    base: baseline_mod.Baseline,
+    state: SearchState,
+    reason: str,
+    search: TwoFidelity,
+    tracker: Tracker,
+    parent: str,
+    out_dir: Path,
+    base_run: str | None,
+    board: PrefectBoard,
+    started: float,
+) -> dict[str, Any]:
+    """The search's one-line account in the log, then the job's report."""
     screened = search.summary() if search.screening else None
     if screened is not None:
         _log(_screening_line(screened, state))

@@ -271,7 +271,7 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
 
     from pipeline.cli import prefect_api
     from pipeline.cli.faults import fault_line, fault_types
-    from pipeline.flows import compress
+    from pipeline.flows import SearchFault, compress
     from pipeline.job.render import table
     from pipeline.job.runlock import RunBusy
     from pipeline.records.links import ui_command
@@ -301,7 +301,8 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
             Interrupted,
         )
         faults = () if args.debug else fault_types()
-        with prefect_api.serving() as api, prefect_api.quiet_console(user_errors + faults):
+        quiet = (*user_errors, *faults, SearchFault)
+        with prefect_api.serving() as api, prefect_api.quiet_console(quiet):
             if api is not None:
                 INTERRUPTS.on_exit.append(api.kill_now)
             summary = compress(spec, resume_run_id=args.resume)
@@ -315,6 +316,8 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
     except faults as err:
         print(f"compressflow: error: {fault_line(err)}", file=sys.stderr)
         return 1
+    except SearchFault as err:
+        return _search_fault(err, args)
     print()
     print(table(summary))
     if args.summary_json:
@@ -331,6 +334,37 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
         print(f"stopped: {summary['stop_reason']} (resume with --resume "
               f"{summary['mlflow']['parent_run_id']})")  # fmt: skip
     return 0 if summary["target_met"] else EXIT_TARGET_NOT_MET
+
+
+def _search_fault(err: Any, args: argparse.Namespace) -> int:
+    """Exit 1 for a search stopped by an error, after the report of what finished (the
+    run folder's summary.json, and --summary-json where it can be written)."""
+    import traceback
+
+    from pipeline.cli.faults import fault_line, fault_types
+    from pipeline.job.render import table
+
+    cause = err.__cause__
+    if args.debug or not isinstance(cause, fault_types()):
+        traceback.print_exception(cause, file=sys.stderr)
+    summary = err.summary
+    if summary is not None:
+        print()
+        print(table(summary))
+        if args.summary_json:
+            try:
+                write_summary(summary, args.summary_json)
+                print(f"summary: {args.summary_json}")
+            except Exception as failed:  # noqa: BLE001 - the fault itself may stop this
+                print(f"compressflow: --summary-json not written ({failed})", file=sys.stderr)
+    kept = (
+        f"the {len(summary['candidates'])} round(s) that finished are reported in the run "
+        "folder's summary.json"
+        if summary is not None
+        else "the summary could not be written"
+    )
+    print(f"compressflow: error: {fault_line(cause)}; {kept}", file=sys.stderr)
+    return 1
 
 
 def write_summary(summary: dict[str, Any], destination: str) -> None:
