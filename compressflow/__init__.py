@@ -5,9 +5,18 @@ result = compressflow.compress(model, (train, val, test), compressflow.Speedup(2
 result.best, result.report()
 """
 
-from compressflow.errors import JobInterrupted, SpecError
+from compressflow.errors import JobFailed, JobInterrupted, SpecError
 from compressflow.job import compress
 from compressflow.result import Result, load
 from compressflow.targets import Compression, Speedup
 
-__all__ = ["Compression", "JobInterrupted", "Result", "SpecError", "Speedup", "compress", "load"]
+__all__ = [
+    "Compression",
+    "JobFailed",
+    "JobInterrupted",
+    "Result",
+    "SpecError",
+    "Speedup",
+    "compress",
+    "load",
+]

@@ -16,3 +16,13 @@ class JobInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class JobFailed(RuntimeError):
+    """The search stopped on an error (the disk filled up, the tracking store went away,
+    a bug): raised after the rounds that finished were reported, which ``result`` holds
+    (``None`` when even the summary could not be written). The error is ``__cause__``."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

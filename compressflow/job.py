@@ -10,13 +10,14 @@ from typing import Any
 
 from torch import nn
 
-from compressflow.errors import JobInterrupted, SpecError
+from compressflow.errors import JobFailed, JobInterrupted, SpecError
 from compressflow.inputs import data_fields, model_fields, slug
 from compressflow.quiet import quiet
 from compressflow.result import Result, run_folder
 from compressflow.targets import Compression, Speedup, target_spec
 from pipeline import spec as spec_mod
 from pipeline.cli import prefect_api
+from pipeline.flows import SearchFault
 from pipeline.flows import compress as compress_flow
 from pipeline.job import preflight
 from pipeline.job.runlock import RunBusy
@@ -106,6 +107,8 @@ def run(spec: spec_mod.JobSpec) -> Result:
             summary = _run(spec)
         except Interrupted as err:
             raise JobInterrupted(f"{err} before the search began (no rounds recorded)") from None
+        except SearchFault as err:
+            raise _failed(err) from err.__cause__
         except (SystemExit, KeyboardInterrupt) as err:
             if INTERRUPTS.requested:
                 raise
@@ -128,6 +131,21 @@ def run(spec: spec_mod.JobSpec) -> Result:
             result,
         )
     return result
+
+
+def _failed(err: SearchFault) -> JobFailed:
+    """What finished before the search's error, as this exception's ``result``."""
+    cause = err.__cause__
+    why = f"{type(cause).__name__}: {cause}".splitlines()[0]
+    if err.summary is None:
+        return JobFailed(f"the search stopped on an error ({why}); no summary was written")
+    result = Result(err.summary, run_folder(err.summary))
+    return JobFailed(
+        f"the search stopped on an error ({why}); the {len(err.summary['candidates'])} "
+        f"round(s) that finished are in this exception's .result "
+        f"(compressflow.load({result.mlflow_run_id!r}))",
+        result,
+    )
 
 
 def _run(spec: spec_mod.JobSpec) -> dict[str, Any]:

@@ -232,3 +232,28 @@ def test_an_int8_winner_comes_back_as_an_onnxruntime_module(tmp_path):
     for best in (result.best, compressflow.load(result.folder).best):
         assert isinstance(best, OnnxModule)
         assert best(val[:4][0]).shape == (4, 10)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_error_mid_search_raises_job_failed_with_what_finished(tmp_path, monkeypatch):
+    import errno
+
+    from pipeline.records.tracking import Tracker
+
+    original, calls = Tracker.log_candidate, []
+
+    def store_gone(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "log_candidate", store_gone)
+    train, val, test = digits_splits()
+    fields = {**tiny_fields(tmp_path), "budget": {"rounds": 3, "screen": 0}}
+    with pytest.raises(compressflow.JobFailed, match="2 round.s. that finished") as failed:
+        compressflow.compress(
+            trained_tiny(train), (train, val, test), compressflow.Compression(2), **fields
+        )
+    assert isinstance(failed.value.__cause__, OSError)
+    assert len(failed.value.result.candidates) == 2
