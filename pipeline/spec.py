@@ -87,6 +87,14 @@ class Target(_Strict):
         default_factory=list,
         description="further runtimes on which the speedup must also hold (speedup targets only)",
     )
+    onnx_not_slower: bool = Field(
+        default=True,
+        description="a speedup candidate must not run slower than the baseline on "
+        "onnxruntime-cpu, where its deployable ONNX file runs (checked only when torch-cpu "
+        "is a target runtime and onnxruntime-cpu is not already one: one quick timing, a "
+        "speedup under 1 there is infeasible at any target; nothing for GPU runtimes and "
+        "compression targets); false: not checked",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Target:
@@ -125,6 +133,19 @@ class Target(_Strict):
     @property
     def kind(self) -> str:
         return "speedup" if self.speedup is not None else "compression"
+
+    @property
+    def checks_onnx(self) -> bool:
+        """Whether candidates are also timed on onnxruntime-cpu, where the deployable ONNX
+        file runs (``onnx_not_slower``): speedup targets on torch-cpu whose runtimes do not
+        already include onnxruntime-cpu."""
+        runtimes = self.runtimes
+        return (
+            self.onnx_not_slower
+            and self.kind == "speedup"
+            and "torch-cpu" in runtimes
+            and "onnxruntime-cpu" not in runtimes
+        )
 
     @property
     def values(self) -> list[float]:
