@@ -39,6 +39,9 @@ from pipeline.spec import JobSpec
 # confirmation share one pool.
 MEASUREMENTS_FOLDER = "measurements"
 
+# Where a job's deployable ONNX file runs: ``target.onnx_not_slower`` times candidates here.
+ONNX_RUNTIME = "onnxruntime-cpu"
+
 
 def measurement_pool(spec: JobSpec, workdir: str | Path) -> measure.MeasurementPool:
     """Where the job whose work folder (``<out>/rounds``, ``<out>/calibration``, ...) is
@@ -115,17 +118,9 @@ def evaluate(
         result.bytes = measure.file_bytes(deployable)
         result.compression = baseline_bytes / result.bytes
         pool = measurement_pool(spec, workdir)
-        for runtime in spec.target.runtimes:
-            settings = latency_settings(spec, runtime)
-            timing = measure.compare_latency(baseline, model, example, settings, out, pool)
-            result.speedups[runtime] = timing.speedup
-            result.speedup_intervals[runtime] = [timing.low, timing.high]
-            if runtime == spec.target.runtime:
-                result.latency_ms, result.baseline_latency_ms = (
-                    timing.candidate_ms,
-                    timing.baseline_ms,
-                )
-                result.speedup = timing.speedup
+        time_targets(spec, baseline, model, example, out, pool, result)
+        if spec.target.checks_onnx:
+            result.onnx_check = onnx_speedup(spec, baseline, model, example, out, pool)
         # No pickle: the state (safetensors) and the chain's replay records (JSON).
         result.model_path = str(save_candidate(model, result.records, out, spec.chain))
     except Exception as err:
@@ -133,6 +128,45 @@ def evaluate(
         result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
     result.seconds = time.perf_counter() - started
     return result.to_dict()
+
+
+def time_targets(
+    spec: JobSpec,
+    baseline: torch.nn.Module,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    pool: measure.MeasurementPool,
+    result: CandidateResult,
+) -> None:
+    """Baseline against candidate on every target runtime, into ``result``: each speedup
+    with its interval, and the declared runtime's latencies."""
+    for runtime in spec.target.runtimes:
+        settings = latency_settings(spec, runtime)
+        timing = measure.compare_latency(baseline, model, example, settings, out, pool)
+        result.speedups[runtime] = timing.speedup
+        result.speedup_intervals[runtime] = [timing.low, timing.high]
+        if runtime == spec.target.runtime:
+            result.latency_ms, result.baseline_latency_ms = timing.candidate_ms, timing.baseline_ms
+            result.speedup = timing.speedup
+
+
+def onnx_speedup(
+    spec: JobSpec,
+    baseline: torch.nn.Module,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    pool: measure.MeasurementPool,
+) -> float | None:
+    """The candidate's speedup on onnxruntime-cpu, where its ONNX file ships
+    (``target.onnx_not_slower``): one quick timing, not a verdict to the percent. None
+    when it cannot be timed there: the candidate stands as if unchecked."""
+    settings = latency_settings(spec, ONNX_RUNTIME, quick=True)
+    try:
+        return measure.compare_latency(baseline, model, example, settings, out, pool).speedup
+    except Exception:
+        return None
 
 
 def compress(

@@ -33,6 +33,11 @@ class CandidateResult:
     # optimiser and fully evaluated), "screening" (promoted from the screenings).
     source: str = "search"
     screening_score: float | None = None  # its screening accuracy, when it was screened
+    # Its speedup on onnxruntime-cpu, where its ONNX file ships, when the target's runtimes
+    # do not include it (``Target.onnx_not_slower``): under 1 it is infeasible at any
+    # target. None: not checked (switched off, not applicable, the timing failed, or an
+    # older record), no veto.
+    onnx_check: float | None = None
 
     def achieved(self, kind: str) -> float | None:
         """The figure compared with the target: for speedup, the worst target runtime."""
