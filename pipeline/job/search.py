@@ -68,6 +68,12 @@ def searchable(
     return spec, search_space(spec, info)
 
 
+def slower_on_onnx(r: CandidateResult) -> bool:
+    """Whether the candidate ran slower than the baseline on onnxruntime-cpu, where its
+    ONNX file ships (``target.onnx_not_slower``; not checked: no)."""
+    return r.onnx_check is not None and r.onnx_check < 1.0
+
+
 @dataclass
 class SearchState:
     """The rounds so far and what makes one count. ``targets`` are every factor the job
@@ -79,8 +85,9 @@ class SearchState:
 
     Feasible at a target: the LOW end of the 95% interval of its measured speedup, on
     every target runtime, reaches the target (file bytes are exact: compression as
-    measured), and its accuracy is within the floor. The GP's loss uses the point figure
-    (smoother); feasibility the interval."""
+    measured), its accuracy is within the floor, and it is not slower than the baseline on
+    onnxruntime where that was checked (``onnx_check``). The GP's loss uses the point
+    figure (smoother); feasibility the interval."""
 
     target_kind: str
     target_value: float
@@ -109,6 +116,11 @@ class SearchState:
             return "meets " + ", ".join(f"{t:g}x" for t in met)
         if r.accuracy is not None and at_chance(r.accuracy, self.chance):
             return "at chance accuracy"
+        if slower_on_onnx(r):
+            return (
+                f"slower than the baseline on onnxruntime ({r.onnx_check:.2f}x), where its "
+                "ONNX file ships"
+            )
         if not self.within_floor(r):
             return "below the accuracy floor"
         achieved = r.achieved(self.target_kind)
@@ -119,7 +131,13 @@ class SearchState:
     def feasible(self, r: CandidateResult, value: float | None = None) -> bool:
         low = r.achieved_low(self.target_kind)
         goal = self.target_value if value is None else value
-        return r.status == "ok" and low is not None and low >= goal and self.within_floor(r)
+        return (
+            r.status == "ok"
+            and low is not None
+            and low >= goal
+            and self.within_floor(r)
+            and not slower_on_onnx(r)
+        )
 
     def loss(self, r: CandidateResult, value: float | None = None) -> float:
         goal = self.target_value if value is None else value
