@@ -14,7 +14,7 @@ from hpo.space import Categorical, Dimension, Integer, Real
 from pipeline.records.redact import redact
 from pipeline.records.results import CandidateResult
 from pipeline.records.store import open_store
-from pipeline.records.tracking import CANDIDATE_METRICS, INTERVAL_PREFIXES
+from pipeline.records.tracking import CANDIDATE_METRICS, INTERVAL_PREFIXES, ONNX_CHECK_KEY
 from pipeline.spec import JobSpec
 
 
@@ -58,6 +58,7 @@ def results_from_history(
         result.speedup_intervals = recorded_intervals(metrics)
         result.source = tags.get("source", result.source)
         result.screening_score = metrics.get("screening_score")
+        result.onnx_check = metrics.get(ONNX_CHECK_KEY)  # absent: not checked, no veto
         for m in CANDIDATE_METRICS:
             if m in metrics:
                 value = metrics[m]

@@ -71,6 +71,7 @@ def achieved_low_key(kind: str) -> str:
 # them up; ``pipeline.job.resume`` reads them back). Every runtime with a speedup has
 # both keys, so every child run (the baseline too) has the same metric keys.
 INTERVAL_PREFIXES = ("speedup_low.", "speedup_high.")
+ONNX_CHECK_KEY = "onnx_check_speedup"
 
 
 def candidate_metrics(r: CandidateResult, kind: str, feasible: bool) -> dict[str, float | None]:
@@ -88,6 +89,8 @@ def candidate_metrics(r: CandidateResult, kind: str, feasible: bool) -> dict[str
         metrics[f"speedup_high.{runtime}"] = high
     if r.screening_score is not None:
         metrics["screening_score"] = r.screening_score
+    if r.onnx_check is not None:  # its speedup on onnxruntime (target.onnx_not_slower)
+        metrics[ONNX_CHECK_KEY] = r.onnx_check
     return metrics
 
 
