@@ -1,0 +1,143 @@
+"""``target.onnx_not_slower``: a speedup candidate timed on torch-cpu is also timed on
+onnxruntime-cpu, where its deployable ONNX file runs, and one slower than the baseline
+there (``CandidateResult.onnx_check`` < 1) is infeasible at any target (issue 21)."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hpo import Real
+from pipeline.cli.main import main
+from pipeline.job.resume import results_from_history
+from pipeline.job.search import SearchState
+from pipeline.records.results import CandidateResult
+from pipeline.records.tracking import ONNX_CHECK_KEY, candidate_metrics
+from pipeline.spec import parse
+from tests.helpers import TINY_JOB
+
+
+def result(round_, speedup, accuracy, onnx_check=None):
+    return CandidateResult(
+        round=round_,
+        params={"x": 0.5},
+        learners=["fake"],
+        accuracy=accuracy,
+        speedup=speedup,
+        speedups={"torch-cpu": speedup},
+        speedup_intervals={"torch-cpu": [speedup - 0.05, speedup + 0.05]},
+        onnx_check=onnx_check,
+    )
+
+
+# -- feasibility -------------------------------------------------------------------------
+def test_a_candidate_slower_on_onnxruntime_is_not_feasible_at_any_target():
+    fast_on_torch = result(1, 2.5, 0.95, onnx_check=0.6)  # the more accurate one
+    fine_on_ort = result(2, 2.1, 0.90, onnx_check=1.3)
+    state = SearchState("speedup", 2.0, targets=[1.5, 2.0], floor=0.5)
+    state.add([fast_on_torch, fine_on_ort])
+    for target in (1.5, 2.0):
+        assert not state.feasible(fast_on_torch, target)
+        assert state.feasible(fine_on_ort, target)
+        assert state.best(target) is fine_on_ort
+    assert state.counts["feasible"] == 1
+    assert state.verdict(fast_on_torch) == (
+        "slower than the baseline on onnxruntime (0.60x), where its ONNX file ships"
+    )
+    assert state.verdict(fine_on_ort) == "meets 1.5x, 2x"
+
+
+def test_no_check_is_no_veto_and_exactly_1_passes():
+    state = SearchState("speedup", 2.0)
+    unchecked, even = result(1, 2.5, 0.95), result(2, 2.5, 0.9, onnx_check=1.0)
+    state.add([unchecked, even])
+    assert state.feasible(unchecked) and state.feasible(even)
+    assert state.verdict(unchecked) == "meets target"
+    assert state.best() is unchecked
+
+
+def test_a_veto_does_not_hide_a_missed_accuracy_floor_nor_apply_to_compression():
+    state = SearchState("speedup", 2.0, floor=0.9)
+    low = result(1, 2.5, 0.5, onnx_check=1.2)
+    assert state.verdict(low) == "below the accuracy floor"
+    squeezed = CandidateResult(round=2, params={}, learners=["fake"], accuracy=0.95)
+    squeezed.compression = 4.0
+    assert SearchState("compression", 2.0).feasible(squeezed)  # never checked: None
+
+
+# -- records -------------------------------------------------------------------------
+def test_the_figure_round_trips_and_an_older_record_without_it_loads():
+    r = result(3, 2.2, 0.9, onnx_check=0.8)
+    data = json.loads(json.dumps(r.to_dict()))
+    assert data["onnx_check"] == 0.8
+    assert CandidateResult.from_dict(data) == r
+    del data["onnx_check"]  # written before the check existed
+    old = CandidateResult.from_dict(data)
+    assert old.onnx_check is None
+    assert SearchState("speedup", 2.0).feasible(old)
+
+
+def test_the_metric_is_logged_only_when_checked_and_a_resume_restores_it():
+    checked, unchecked = result(1, 2.5, 0.9, onnx_check=0.7), result(2, 2.5, 0.9)
+    assert candidate_metrics(checked, "speedup", False)[ONNX_CHECK_KEY] == 0.7
+    assert ONNX_CHECK_KEY not in candidate_metrics(unchecked, "speedup", True)
+
+    def run(r, feasible):
+        metrics = {
+            k: v for k, v in candidate_metrics(r, "speedup", feasible).items() if v is not None
+        }
+        return {
+            "params": {"x": "0.5", "round": str(r.round)},
+            "metrics": metrics,
+            "tags": {"status": "ok"},
+        }
+
+    resumed = results_from_history([run(checked, False), run(unchecked, True)], [Real("x", 0, 1)])
+    assert [r.onnx_check for r in resumed] == [0.7, None]
+    state = SearchState("speedup", 2.0)
+    assert [state.feasible(r) for r in resumed] == [False, True]  # judged as when it ran
+
+
+# -- the spec ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "target, checks",
+    [
+        ({"speedup": 2}, True),  # torch-cpu by default
+        ({"speedup": [1.5, 2]}, True),
+        ({"speedup": 2, "runtime": "onnxruntime-cpu"}, False),  # timed there already
+        ({"speedup": 2, "also_on": ["onnxruntime-cpu"]}, False),
+        ({"speedup": 2, "onnx_not_slower": False}, False),
+        ({"speedup": 2, "runtime": "cuda"}, False),
+        ({"speedup": 2, "runtime": "cuda-graph"}, False),
+        ({"compression": 2}, False),
+    ],
+)
+def test_which_targets_check_onnxruntime(target, checks):
+    job = parse({"target": target})
+    assert job.target.onnx_not_slower is target.get("onnx_not_slower", True)
+    assert job.target.checks_onnx is checks
+
+
+# -- a real job ----------------------------------------------------------------------
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_torch_cpu_job_times_every_candidate_on_onnxruntime_too(tmp_path):
+    summary_path = tmp_path / "s.json"
+    code = main([
+        "run", *TINY_JOB,
+        "--target-speedup", "1.2", "--rounds", "2", "--screen", "0", "--no-register",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--output", str(tmp_path / "out"),
+        "--summary-json", str(summary_path),
+    ])  # fmt: skip
+    assert code in (0, 3)  # 3: target not met, still a full record
+    summary = json.loads(summary_path.read_text())
+    ok = [c for c in summary["candidates"] if c["status"] == "ok"]
+    assert ok
+    for row in ok:
+        assert isinstance(row[ONNX_CHECK_KEY], float) and row[ONNX_CHECK_KEY] > 0
+        if row[ONNX_CHECK_KEY] < 1.0:
+            assert row["feasible"] == 0.0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for row in ok:
+        metrics = client.get_run(row["run_id"]).data.metrics
+        assert metrics[ONNX_CHECK_KEY] == pytest.approx(row[ONNX_CHECK_KEY])
