@@ -198,8 +198,7 @@ def test_a_rounds_speedups_carry_intervals_from_the_jobs_pool(saved, monkeypatch
     assert result["status"] == "ok", result["error"]
     low, high = result["speedup_intervals"]["torch-cpu"]
     assert low <= result["speedups"]["torch-cpu"] <= high and low < 1.7 < high
-    stored = list((run / MEASUREMENTS_FOLDER).glob("*.pairs.jsonl"))
-    assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
+    _pooled_per_runtime(run / MEASUREMENTS_FOLDER, clock)
 
 
 def test_the_pool_is_the_runs_own_folder_unless_the_spec_names_a_shared_one(tmp_path):
@@ -231,8 +230,7 @@ def test_two_jobs_naming_one_pool_share_a_rounds_measurement(saved, monkeypatch)
     first, second = results
     assert first["status"] == second["status"] == "ok", (first["error"], second["error"])
     assert timed[0] > 0 and timed[1] == timed[0]  # the second job timed nothing
-    stored = list(shared.glob("*.pairs.jsonl"))
-    assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
+    _pooled_per_runtime(shared, clock)
     assert second["speedups"] == first["speedups"]  # one pooled figure, not a new draw
     assert second["speedup_intervals"] == first["speedup_intervals"]
 
@@ -246,6 +244,14 @@ def test_a_confirmation_adds_its_fresh_pairs_to_the_shared_pool(saved, monkeypat
     stored = list((run.parent / "shared-pool").glob("*.pairs.jsonl"))
     assert len(stored) == 1 and len(stored[0].read_text().splitlines()) == clock.timed
     assert not (run / MEASUREMENTS_FOLDER).exists()
+
+
+def _pooled_per_runtime(folder: Path, clock: SizedClock) -> None:
+    """A torch-cpu speedup round is also checked on onnxruntime-cpu (onnx_not_slower):
+    one pool file per runtime, holding every pair the clock timed between them."""
+    stored = sorted(folder.glob("*.pairs.jsonl"))
+    assert [p.name.split("-b")[0] for p in stored] == ["onnxruntime-cpu", "torch-cpu"]
+    assert sum(len(p.read_text().splitlines()) for p in stored) == clock.timed
 
 
 class _AnySize(dict):

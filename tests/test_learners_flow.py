@@ -100,7 +100,9 @@ def test_sparsity_with_distillation(tmp_path):
 def test_channel_then_int8_on_onnxruntime(tmp_path):
     summary = run_job(
         tmp_path, "--learners", "channel,int8", "--runtime", "onnxruntime-cpu",
-        "--target-speedup", "1.2",
+        # A size target: int8 slows this tiny model on onnxruntime (a speedup target
+        # made the chain prune it to chance, and candidates at chance are never chosen).
+        "--target-compression", "4.5", "--epochs", "3",
     )  # fmt: skip
     best = summary["best"]
     assert best["deployable"].endswith(".onnx")

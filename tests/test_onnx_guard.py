@@ -47,6 +47,17 @@ def test_a_candidate_slower_on_onnxruntime_is_not_feasible_at_any_target():
     assert state.verdict(fine_on_ort) == "meets 1.5x, 2x"
 
 
+def test_when_none_is_feasible_the_closest_is_one_that_does_not_slow_onnxruntime():
+    vetoed = result(1, 1.8, 0.95, onnx_check=0.7)  # closer and more accurate, but slower
+    kept = result(2, 1.7, 0.90, onnx_check=1.2)
+    state = SearchState("speedup", 2.0, floor=0.5)
+    state.add([vetoed, kept])
+    assert state.best() is kept and state.best_feasible() is None
+    only_vetoed = SearchState("speedup", 2.0, floor=0.5)
+    only_vetoed.add([vetoed])
+    assert only_vetoed.best() is vetoed  # still on record: the best so far is never lost
+
+
 def test_no_check_is_no_veto_and_exactly_1_passes():
     state = SearchState("speedup", 2.0)
     unchecked, even = result(1, 2.5, 0.95), result(2, 2.5, 0.9, onnx_check=1.0)

@@ -147,12 +147,14 @@ class SearchState:
         """The most accurate candidate feasible at ``value`` (default: the smallest
         target); if none, the closest (``CLOSEST``): among those within the accuracy
         floor (else among the rest), the most accurate of those whose achieved factor is
-        within CLOSE_SHARE of the highest reached; never one at chance."""
+        within CLOSE_SHARE of the highest reached; never one at chance, and one slower
+        than the baseline on onnxruntime only when every other is too."""
         ok = [r for r in self.results if r.status == "ok"]
         feasible = [r for r in ok if self.feasible(r, value)]
         if feasible:
             return max(feasible, key=lambda r: r.accuracy or 0.0)
         alive = [r for r in ok if r.accuracy is not None and not at_chance(r.accuracy, self.chance)]
+        alive = [r for r in alive if not slower_on_onnx(r)] or alive
         pool = [r for r in alive if self.within_floor(r)] or alive
         if not pool:
             return None
