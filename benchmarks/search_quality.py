@@ -379,8 +379,8 @@ def global_pruned(s: Setup, ratio: float):
 
     import torch_pruning as tp
 
-    from learners.channel import multiple_for, output_layers, survey
     from learners.channel import ops as channel_ops
+    from learners.channel import output_layers, rounding, survey
 
     learner, info = channel_learner(s), model_info(s)
     config = learner.config
@@ -397,7 +397,7 @@ def global_pruned(s: Setup, ratio: float):
             global_pruning=True,
             max_pruning_ratio=config.max_ratio,
             ignored_layers=output_layers(model, info.example_inputs) + excluded,
-            round_to=multiple_for(config, model, info.example_inputs),
+            **rounding(config),
         )
         pruner.step()
     return model

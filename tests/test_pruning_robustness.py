@@ -192,6 +192,34 @@ def test_round_to_auto_follows_the_runtime_and_widths_are_multiples():
     assert all(w % 8 == 0 for w in widths) and widths != [16, 16, 32, 32, 48, 48]
 
 
+def test_round_to_auto_is_per_layer_on_a_depthwise_and_squeeze_excitation_net():
+    """MobileNetV3's pattern: an 8-wide squeeze conv once took the runtime's multiple
+    away from every layer (odd widths, 4x slower on onnxruntime). Now each group keeps
+    the multiple it can reach max_ratio with, as announced, recorded and applied."""
+    from pipeline.sources.models import with_logits_output
+    from tests.foreign_models import mobile_se_net
+
+    example = torch.randn(1, 1, 16, 16)
+    model = with_logits_output(mobile_se_net(), example, "auto")  # it returns an object
+    info = ModelInfo(model, example)
+    learner = ChannelPruning(runtimes=("onnxruntime-cpu",))
+    multiples = learner.multiples(info)
+    widths = {n: _widths(model)[n] for n in multiples}
+    assert max(multiples.values()) == ROUND_TO["onnxruntime-cpu"] == 8
+    for name, m in multiples.items():  # the largest power of two <= 8 that reaches 0.8
+        assert m <= widths[name] * (1 - 0.8) < 2 * m or m == 8 <= widths[name] * (1 - 0.8)
+    pruned, _ = learner.prune(model, learner.uniform_params(info, 0.5), example)
+    for name, m in multiples.items():
+        kept = _widths(pruned)[name]
+        assert kept % m == 0 and kept < widths[name] or widths[name] < 2 * m, (name, kept, m)
+    assert any(widths[n] >= 40 and m == 8 for n, m in multiples.items())  # wide: fast multiple
+    rigid = ChannelPruning(round_to=8).multiples(info)
+    assert set(rigid.values()) == {8}  # a set multiple still holds every layer
+    ctx = Context(None, None, example, finetune=lambda m: {})  # no fine-tuning
+    learner.compress(model, learner.uniform_params(info, 0.5), ctx)
+    assert ctx.records["channel"]["multiples"] == multiples  # what the candidate records
+
+
 def test_kept_widths_round_to_the_nearest_multiple_never_to_zero():
     meta = channel_ops._MetaPruner.__new__(channel_ops._MetaPruner)
     assert meta._round_to(5, 16, 8) == 8  # keep 11 -> 8

@@ -15,9 +15,10 @@ from learners.channel.learner import (
     ChannelPruning,
     NothingToPrune,
     Survey,
-    multiple_for,
+    layer_multiples,
     output_layers,
     prunable_units,
+    rounding,
     survey,
 )
 
@@ -30,8 +31,9 @@ __all__ = [
     "ChannelPruning",
     "NothingToPrune",
     "Survey",
-    "multiple_for",
+    "layer_multiples",
     "output_layers",
     "prunable_units",
+    "rounding",
     "survey",
 ]

@@ -6,6 +6,7 @@ the recorded ``latency_table.json`` when it was measured the same way)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -22,14 +23,18 @@ def prepare_channel(learner: Pruner, info: ModelInfo, probe: Probe) -> Aids:
     found = learner.survey(info)
     config = learner.config
     stages = {s: [g.root for g in found.groups if g.stage == s] for s in found.stages()}
+    multiples = learner.multiples(info)
+    counts = Counter(multiples.values())
+    widths = ", ".join(f"{m} ({n})" for m, n in sorted(counts.items(), reverse=True))
     aids.lines.append(
         f"channel pruning: {len(found.groups)} dependency groups in {len(stages)} "
-        f"{config.granularity}s, channel multiple {config.multiple or 1}"
+        f"{config.granularity}s, channel multiple per group: {widths or 1}"
     )
     if found.excluded:
         aids.lines.append(f"channel pruning {found.describe_excluded()}")
     record: dict[str, Any] = {
         "round_to": config.multiple,
+        "multiples": multiples,
         "groups": [g.to_dict() for g in found.groups],
         "excluded": [dict(e) for e in found.excluded],
     }

@@ -112,24 +112,27 @@ class ChannelConfig:
         return None if self.round_to in (None, 1) else int(self.round_to)
 
 
-def multiple_for(config: ChannelConfig, model: nn.Module, example: torch.Tensor) -> int | None:
-    """The channel multiple this model is pruned with. ``auto`` takes the runtime's measured
-    multiple, halved until the narrowest prunable layer can still reach ``max_ratio``: a
-    16-wide ResNet stage rounded to multiples of 8 keeps at least half its channels, which
-    capped the demo's ResNet-20 at 1.6x where any width reached 2.2x."""
-    m = config.multiple
-    if config.round_to != "auto" or m is None:
-        return m
-    outputs = {id(o) for o in output_layers(model, example)}
-    widths = [
-        _width(x)
-        for x in model.modules()
-        if isinstance(x, PRUNABLE) and id(x) not in outputs and _width(x) > 0
-    ]
-    keep = min(widths, default=0) * (1 - config.max_ratio)
-    while m > 1 and m > keep:
-        m //= 2
-    return m if m > 1 else None
+def rounding(config: ChannelConfig) -> dict[str, Any]:
+    """The pruner options that round kept widths. A set ``round_to`` holds every layer
+    to it; ``auto`` gives each layer the runtime's multiple, halved for a layer too
+    narrow to reach ``max_ratio`` at it (``ops.layer_multiple``). Once one multiple for
+    the whole network was halved to suit its narrowest layer: an 8-wide squeeze conv
+    then left a MobileNetV3 at any width, 4x slower on onnxruntime."""
+    auto = config.round_to == "auto" and config.multiple is not None
+    return {"round_to": config.multiple, "multiple_reach": config.max_ratio if auto else None}
+
+
+def layer_multiples(config: ChannelConfig, model: nn.Module, roots: list[str]) -> dict[str, int]:
+    """Each named layer's channel multiple (1: any width) under ``config``."""
+    options = rounding(config)
+    if options["round_to"] is None:
+        return dict.fromkeys(roots, 1)
+    return {
+        r: channel_ops.layer_multiple(
+            _width(model.get_submodule(r)), options["round_to"], options["multiple_reach"]
+        )
+        for r in roots
+    }
 
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
@@ -225,7 +228,7 @@ def _pruner(model: nn.Module, example: torch.Tensor, config: ChannelConfig, rati
         pruning_ratio=0.0,
         pruning_ratio_dict=ratios,
         ignored_layers=output_layers(model, example) + list(ignored),
-        round_to=multiple_for(config, model, example),
+        **rounding(config),
     )
 
 
@@ -302,13 +305,17 @@ def _survey(model: nn.Module, example: torch.Tensor, config: ChannelConfig) -> S
             else:
                 excluded.append({"group": root, "layers": list(layers), "reason": why})
         found = kept
-    if same:  # too narrow to lose a channel at the largest ratio and the channel multiple
-        narrow = (
-            f"nothing to remove: at a ratio of {config.max_ratio} its width stays the same "
-            f"(channel multiple {multiple_for(config, model, example) or 1})"
-        )
+    if same:  # too narrow to lose a channel at the largest ratio and its channel multiple
+        multiples = layer_multiples(config, model, same)
         excluded += [
-            {"group": r, "layers": list(ls), "reason": narrow} for r, ls in found if r in same
+            {
+                "group": r,
+                "layers": list(ls),
+                "reason": f"nothing to remove: at a ratio of {config.max_ratio} its width "
+                f"stays the same (channel multiple {multiples[r]})",
+            }
+            for r, ls in found
+            if r in same
         ]
         found = [(r, ls) for r, ls in found if r not in same]
     order = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
@@ -410,6 +417,11 @@ class ChannelPruning(LearnerDefaults):
         found = self.survey(info)
         return found.layers() if self.config.granularity == "layer" else found.stages()
 
+    def multiples(self, info: ModelInfo) -> dict[str, int]:
+        """Each prunable group's channel multiple (1: any width), by its root layer."""
+        groups = self.survey(info).groups
+        return layer_multiples(self.config, info.model, [g.root for g in groups])
+
     def space(self, info: ModelInfo) -> list[Dimension]:
         c = self.config
         found = self.survey(info)
@@ -459,7 +471,7 @@ class ChannelPruning(LearnerDefaults):
             pruning_ratio=0.0,
             pruning_ratio_dict={model.get_submodule(n): r for n, r in ratios.items() if r > 0},
             ignored_layers=output_layers(model, example_inputs) + excluded,
-            round_to=multiple_for(c, model, example_inputs),
+            **rounding(c),
         )
         pruner.step()
         history = [
@@ -472,7 +484,8 @@ class ChannelPruning(LearnerDefaults):
         found = survey(model, ctx.example_inputs, self.config)
         ctx.records[self.name] = {
             "config": self.config.to_dict(),
-            "round_to": multiple_for(self.config, model, ctx.example_inputs),
+            "round_to": self.config.multiple,
+            "multiples": layer_multiples(self.config, model, [g.root for g in found.groups]),
             "params": dict(params),
             "out_channels": {
                 name: int(getattr(m, "out_channels", getattr(m, "out_features", 0)))

@@ -421,15 +421,23 @@ def _choose(units: list[list[int]], layout: _Layout, n_target: int) -> list[int]
 
 class StructuredPruner:
     """``tp.pruner.MetaPruner`` with the extensions above; same ``step()`` and
-    ``pruning_history()``. Keyword options are MetaPruner's."""
+    ``pruning_history()``. Keyword options are MetaPruner's; ``multiple_reach`` set makes
+    ``round_to`` a per-layer multiple (``layer_multiple``)."""
 
-    def __init__(self, model: nn.Module, example_inputs: Tensor, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Tensor,
+        multiple_reach: float | None = None,
+        **options: Any,
+    ) -> None:
         self.reference = copy.deepcopy(model).eval()
         self.example_inputs = example_inputs
         options.setdefault("customized_pruners", customized_pruners(model))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.meta = _MetaPruner(model, example_inputs, **options)
+        self.meta.reach = multiple_reach  # round_to per layer (layer_multiple)
         self.graph = self.meta.DG
         unmapped = install_mappings(self.graph)
         self.unmapped = unmapped
@@ -543,12 +551,29 @@ class StructuredPruner:
             )
 
 
+def layer_multiple(width: int, multiple: int, reach: float | None) -> int:
+    """The multiple a ``width``-channel layer's kept width is rounded to: ``multiple``
+    for every layer (``reach`` None), or, per layer, ``multiple`` halved while it would
+    stop the layer reaching a pruning ratio of ``reach`` (1: any width). Wide layers keep
+    the runtime's fast multiple; one narrow layer (an 8-wide squeeze conv, a 16-wide
+    stem) no longer takes it away from the whole network."""
+    m = multiple
+    while reach is not None and m > 1 and m > width * (1 - reach):
+        m //= 2
+    return m
+
+
 class _MetaPruner(tp.pruner.MetaPruner):
+    reach: float | None = None  # set: the multiple is chosen per layer (layer_multiple)
+
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        """Kept channels rounded to the *nearest* multiple of ``round_to`` (at least one
-        multiple; a layer narrower than one is left alone). torch-pruning 1.6.1 rounds
-        down, to 0 for a layer keeping fewer than ``round_to``: it then prunes the whole
-        layer, or nothing when DepGraph refuses that."""
+        """Kept channels rounded to the *nearest* multiple of the layer's multiple (at
+        least one multiple; a layer narrower than one is left alone). torch-pruning 1.6.1
+        rounds down, to 0 for a layer keeping fewer than ``round_to``: it then prunes the
+        whole layer, or nothing when DepGraph refuses that."""
+        round_to = layer_multiple(current_channels, round_to, self.reach)
+        if round_to <= 1:
+            return n_pruned
         if current_channels < round_to:
             return 0
         kept = current_channels - n_pruned
