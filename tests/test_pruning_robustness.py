@@ -344,3 +344,28 @@ def test_a_conv1d_signal_classifier_in_one_sequential_is_searched_by_stage(tmp_p
         f"channel.ratio.stage{i}" for i in (1, 2, 3)
     }
     assert summary["best"]["param_count"] < summary["baseline"]["param_count"]
+
+
+class SequenceMlp(nn.Module):
+    """A transformer's feed-forward block on [batch, sequence, hidden] inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((x + self.fc2(self.act(self.fc1(x)))).mean(1))
+
+
+def test_a_linear_on_three_dimensional_inputs_prunes_its_last_dimension():
+    """The post-pruning check once zeroed a Linear's removed features on dimension 1
+    (the sequence), so no feed-forward block of a transformer could be pruned."""
+    torch.manual_seed(0)
+    model, example = SequenceMlp().eval(), torch.randn(2, 5, 32)
+    learner = ChannelPruning(round_to=None)
+    info = ModelInfo(model, example)
+    assert [g.root for g in learner.survey(info).groups] == ["fc1"]  # fc2 feeds the residual
+    pruned, _ = learner.prune(model, learner.uniform_params(info, 0.5), example)
+    assert (pruned.fc1.out_features, pruned.fc2.in_features) == (32, 32)
+    assert pruned(example).shape == (2, 4)

@@ -597,7 +597,12 @@ def _int(module: nn.Module, attribute: str) -> int:
 
 def _zero_channels(mask: Tensor):
     def hook(module, inputs, output):
-        shape = [1, -1] + [1] * (output.dim() - 2)
+        # A Linear's features are its output's last dimension at any rank ([batch,
+        # sequence, hidden] in a transformer); a conv's or norm's channels are dimension 1.
+        if isinstance(module, nn.Linear):
+            shape = [1] * (output.dim() - 1) + [-1]
+        else:
+            shape = [1, -1] + [1] * (output.dim() - 2)
         return output * mask.view(shape).to(output.dtype)
 
     return hook
