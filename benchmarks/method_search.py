@@ -7,6 +7,12 @@ as the best single-chain fixed rule, at equal time? (issue 19)
     # fewer than 4 baseline epochs, or --limit 400, leaves the baseline at chance
     .venv/bin/python benchmarks/method_search.py --targets 2 --seeds 1 --chains int8 channel,int8 \\
         --pretrain-epochs 4 --epochs 1 --out /tmp/ms-smoke/method_search.json
+    # MNIST-1D (6,000 test examples, generated offline by the mnist1d package: see
+    # benchmarks/mnist1d_source.py; `pip install -e '.[bench]'`), a 1-D residual CNN;
+    # lowrank splits 2-D convs and Linear layers only, so its chains have nothing here
+    PYTHONPATH=benchmarks .venv/bin/python benchmarks/method_search.py \
+        --model mnist1d_source:cnn --data mnist1d_source:splits --chains channel int8 \
+        channel,int8
     # the tables again, from --out
     .venv/bin/python benchmarks/method_search.py --summarize
 
@@ -139,7 +145,7 @@ def slug(text: str) -> str:
 
 def cell_dir(args: argparse.Namespace, target: float, seed: int) -> Path:
     data = f"{slug(args.data)}{args.image_size}" + (f"l{args.limit}" if args.limit else "")
-    name = f"{args.model}-{data}-{args.runtime}-p{args.pretrain_epochs}e{args.epochs}"
+    name = f"{slug(args.model)}-{data}-{args.runtime}-p{args.pretrain_epochs}e{args.epochs}"
     name += f"-mr{args.max_ratio:g}" if args.max_ratio else ""
     return WORK / name / f"{target:g}x-s{seed}"
 
@@ -153,7 +159,7 @@ def trained_baseline(args: argparse.Namespace, seed: int) -> Path:
     from pipeline.job import baseline
 
     data = f"{slug(args.data)}{args.image_size}" + (f"l{args.limit}" if args.limit else "")
-    folder = WORK / "baselines" / f"{args.model}-{data}-s{seed}-p{args.pretrain_epochs}"
+    folder = WORK / "baselines" / f"{slug(args.model)}-{data}-s{seed}-p{args.pretrain_epochs}"
     done = folder / "baseline.json"
     if not done.exists():
         started = time.perf_counter()
