@@ -9,9 +9,9 @@ is generated offline by the package's own ``make_dataset``: each of ten 1-D digi
 templates padded, translated, scaled, sheared and noised into a 40-sample signal. It is
 not written here, nothing is downloaded (``make_dataset`` never fetches; only
 ``get_dataset`` would), and it is made not to saturate: the paper reports 94% for a CNN
-and 68% for an MLP, so accuracy differences between compressed models show. 40,000
-examples are drawn (the package's generator, seed 42): 30,000 train, 4,000 validation,
-6,000 test, so one test example is 0.017 points (digits: 0.28).
+and 68% for an MLP, so accuracy differences between compressed models show. 11,000
+examples are drawn (the package's generator, seed 42): 4,000 train (the paper's), 1,000
+validation, 6,000 test, so one test example is 0.017 points (digits: 0.28).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-SAMPLES, TRAIN_SHARE, VAL = 40_000, 0.85, 4_000
+# The paper's 4,000 training examples (its CNN: 94%); 30,000 took this CNN to 99.5% in
+# two epochs, too near saturation to tell compressed models apart.
+SAMPLES, TRAIN_SHARE, VAL = 11_000, 5 / 11, 1_000
 
 
 CACHE = Path(tempfile.gettempdir()) / f"mnist1d-{SAMPLES}.pt"  # 10 s to generate
