@@ -86,7 +86,7 @@ def zoo_table(workdir: Path, quick: bool) -> list[dict[str, Any]]:
                 {
                     "model": name,
                     "input": f"3x{size}x{size} ({stem})",
-                    "params": cost.params,
+                    "params": cost.param_count,
                     "macs": cost.macs,
                     "counted_macs": cost.counted_macs,
                     "torch_b1_ms": ms[0],

@@ -14,6 +14,9 @@ a third-party learner is checked like a built-in one):
 - ``speeds_up`` (optional): the runtimes on which its output runs faster than its input
   (None, or not declared: every runtime it runs on; ``()``: none, it saves bytes only).
   ``learners: auto`` builds speedup chains only of learners that speed up the runtime.
+- ``works_on_graphs`` (optional, default False): it can take a model given as an ONNX
+  graph or a torch.export program (no float weights or layer modules to edit), as int8's
+  post-training quantisation does.
 - ``space(info)``: the dimensions it lets the optimiser tune.
 - ``compress(model, params, ctx)``: a NEW module (the input is never mutated); it writes
   JSON-able per-layer settings to ``ctx.records[name]``.
@@ -47,6 +50,7 @@ from learners.formats.export import save_deployable
 # The runtimes a model is timed on: every layer that names one imports this tuple.
 RUNTIMES = ("torch-cpu", "onnxruntime-cpu", "cuda", "cuda-graph")
 GPU_RUNTIMES = ("cuda", "cuda-graph")
+CPU_RUNTIMES = tuple(r for r in RUNTIMES if r not in GPU_RUNTIMES)
 
 
 class NothingToSearch(ValueError):
@@ -120,6 +124,7 @@ class LearnerDefaults:
     keeps_float: ClassVar[bool] = True
     runtimes: tuple[str, ...] | None = None
     speeds_up: tuple[str, ...] | None = None
+    works_on_graphs: ClassVar[bool] = False
 
     def save(self, model: nn.Module, example_inputs: torch.Tensor, stem: str | Path) -> Path:
         return save_deployable(model, example_inputs, stem)

@@ -336,6 +336,7 @@ class Int8(LearnerDefaults):
     name = "int8"
     stage: ClassVar[Stage] = Stage.QUANTIZATION
     keeps_float: ClassVar[bool] = False  # an int8 graph: nothing may edit it afterwards
+    works_on_graphs: ClassVar[bool] = True  # quantises an ONNX graph as it is
     runtimes: tuple[str, ...] | None = OnnxModule.runtimes
 
     def __init__(self, config: Int8Config | None = None, **options: Any) -> None:

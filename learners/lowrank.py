@@ -219,10 +219,6 @@ class LowRank(LearnerDefaults):
             for unit in units(info.model, info.example_inputs, c)
         ]
 
-    def uniform_params(self, info: ModelInfo, fraction: float) -> dict[str, Any]:
-        """One rank fraction for every unit (the fixed rule; a search start)."""
-        return {d.name: fraction for d in self.space(info)}
-
     def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
         """Its rule start: the largest kept-rank fraction, the same for every unit, whose
         factorised (SVD, un-fine-tuned) model meets the target (``learners.rule``); for

@@ -47,7 +47,7 @@ def test_a_conv_row_has_the_formula_macs_and_reads_input_weights_writes_output(l
     out = layer(x)
     assert row.macs == 2 * macs  # batch of 2
     weights = sum(p.numel() for p in layer.parameters())
-    assert row.params == weights
+    assert row.param_count == weights
     assert row.bytes_moved == 4 * (x.numel() + weights + out.numel())
     assert row.output_shape == tuple(out.shape)
 
@@ -94,7 +94,7 @@ def test_totals_equal_torchs_flop_counter_on_every_zoo_model(name):
         rows = costmodel.layer_costs(model, x)
         totals = costmodel.totals(model, x, rows)
         assert totals.macs == totals.counted_macs > 0
-        assert totals.params == sum(r.params for r in rows)
+        assert totals.param_count == sum(r.param_count for r in rows)
         assert all(r.macs == 0 for r in rows if not isinstance(_module(model, r.name), _MAC))
         # every conv/linear row is exactly its formula
         for r in rows:

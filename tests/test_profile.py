@@ -48,14 +48,14 @@ def test_json_on_a_module_factory_model(capsys):
     assert code == 0
     result = json.loads(out)
     layers, total = result["layers"], result["total"]
-    keys = {"name", "type", "output_shape", "params", "macs", "bytes_moved", "time_share"}
+    keys = {"name", "type", "output_shape", "param_count", "macs", "bytes_moved", "time_share"}
     assert all(set(layer) == keys for layer in layers)
-    assert {"params", "macs", "counted_macs", "bytes_moved"} <= set(total)
+    assert {"param_count", "macs", "counted_macs", "bytes_moved"} <= set(total)
     assert total["macs"] == total["counted_macs"] == sum(layer["macs"] for layer in layers)
     # TinyNet at width 16: convs 1*16*9 + 16*16*9 + 16*32*9, BatchNorms 2*(16 + 16 + 32),
     # classifier 32*10 + 10.
     params = 144 + 2304 + 4608 + 128 + 330
-    assert total["params"] == sum(layer["params"] for layer in layers) == params
+    assert total["param_count"] == sum(layer["param_count"] for layer in layers) == params
     conv = next(layer for layer in layers if layer["name"] == "conv1")
     assert conv["output_shape"] == [4, 16, 8, 8] and conv["macs"] == 4 * 8 * 8 * 9 * 16
     shares = sum(layer["time_share"] for layer in layers) + total["unattributed_time_share"]

@@ -108,7 +108,7 @@ def format_table(model_name: str, p) -> str:
                 row.name,
                 row.type,
                 "x".join(str(d) for d in row.output_shape),
-                human(row.params),
+                human(row.param_count),
                 human(row.macs),
                 human(row.bytes_moved),
                 f"{100 * p.time_share.get(row.name, 0.0):.1f}",
@@ -116,7 +116,7 @@ def format_table(model_name: str, p) -> str:
         )
     t = p.total
     footer = [
-        ("total", "", "", human(t.params), human(t.macs), human(t.bytes_moved), "100.0"),
+        ("total", "", "", human(t.param_count), human(t.macs), human(t.bytes_moved), "100.0"),
         ("", "", "", "", f"(counted {human(t.counted_macs)})", "", ""),
         ("(unattributed time)", "", "", "", "", "", f"{100 * p.unattributed_time_share:.1f}"),
     ]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from learners import registry
 from learners.base import Context
 from learners.formats.modelfile import (
     ExportedModule,
@@ -43,7 +44,6 @@ from pipeline.spec import JobSpec, parse
 RECORDS_FILE = "records.json"
 CHAIN_RECORD = "chain"  # records.json: the learners that built the candidate, in order
 MODEL_FILE = "model.safetensors"
-GRAPH_SOURCE_LEARNERS = ("int8",)  # what an ONNX or torch.export source can go through
 
 
 def load_teacher_file(spec: JobSpec, cache: Path | None = None) -> nn.Module:
@@ -75,11 +75,12 @@ def check_source_learners(spec: JobSpec, model: nn.Module) -> None:
     else:
         return
     used = {n for chain in spec.chains for n in chain}
-    other = sorted(n for n in used if n not in GRAPH_SOURCE_LEARNERS)
+    other = sorted(n for n in used if not getattr(registry.get(n), "works_on_graphs", False))
     if other:
+        able = [n for n in registry.known() if getattr(registry.get(n), "works_on_graphs", False)]
         raise ModelSourceError(
             f"model {spec.model.source} is {kind}, so learners {', '.join(other)} cannot "
-            f"edit it: use learners {','.join(GRAPH_SOURCE_LEARNERS)}, or hand over "
+            f"edit it: use learners {','.join(able)}, or hand over "
             "safetensors weights with a factory (model.weights)"
         )
     if spec.distillation.enabled:

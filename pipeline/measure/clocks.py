@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from learners.base import CPU_RUNTIMES
+
 CLOCKS = ("auto", "wall", "cpu")
-CPU_CLOCK_RUNTIMES = ("torch-cpu", "onnxruntime-cpu")
+CPU_CLOCK_RUNTIMES = CPU_RUNTIMES  # the work runs on the calling thread (threads: 1)
 
 
 def clock_problem(clock: str, runtime: str, threads: int) -> str | None:

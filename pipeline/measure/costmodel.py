@@ -100,7 +100,7 @@ class LayerCost:
     name: str
     type: str
     output_shape: tuple[int, ...]
-    params: int
+    param_count: int
     macs: int = 0
     bytes_moved: int = 0
     ops: list[str] = field(default_factory=list)
@@ -113,7 +113,7 @@ class LayerCost:
 
 @dataclass
 class Totals:
-    params: int
+    param_count: int
     macs: int
     counted_macs: int  # torch's FlopCounterMode FLOPs / 2
     bytes_moved: int
@@ -236,7 +236,7 @@ def layer_costs(model: nn.Module, example_inputs: Tensor) -> list[LayerCost]:
         model(example_inputs)
     leaves = {name for name, m in model.named_modules() if not any(True for _ in m.children())}
     # A non-leaf module is a row only if it runs ops of its own (or owns parameters).
-    return [rows[n] for n in order if n in leaves or rows[n].ops or rows[n].params]
+    return [rows[n] for n in order if n in leaves or rows[n].ops or rows[n].param_count]
 
 
 def counted_macs(model: nn.Module, example_inputs: Tensor) -> int:
@@ -250,7 +250,7 @@ def counted_macs(model: nn.Module, example_inputs: Tensor) -> int:
 
 def totals(model: nn.Module, example_inputs: Tensor, rows: list[LayerCost]) -> Totals:
     return Totals(
-        params=sum(p.numel() for p in model.parameters()),
+        param_count=sum(p.numel() for p in model.parameters()),
         macs=sum(r.macs for r in rows),
         counted_macs=counted_macs(model, example_inputs),
         bytes_moved=sum(r.bytes_moved for r in rows),

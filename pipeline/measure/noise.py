@@ -2,8 +2,8 @@
 
 A speedup rests on timed *pairs*: one baseline run and one candidate run, back to back
 (``time_interleaved``'s alternating order), so slow drift of the machine falls on both.
-Jobs on this shared machine measured one and the same pruned ResNet-56 at 1.84x to 3.05x
-(issue 10): a single number hides that. Here every speedup gets a 95% interval, timing
+Jobs on this shared machine measured one and the same pruned ResNet-56 at 1.84x to 3.05x:
+a single number hides that. Here every speedup gets a 95% interval, timing
 goes on until the interval is narrow enough (or a cap is hit), and models with the same
 architecture pool their pairs instead of each drawing a new, different number: within a
 job, or across every job that names one pool folder (``measure.pool``), keyed also by

@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from learners.base import CPU_RUNTIMES
 from pipeline.measure import costmodel
 
-RUNTIMES = ("torch-cpu", "onnxruntime-cpu")
+RUNTIMES = CPU_RUNTIMES  # the runtimes profiled here
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Profile:
             d["time_share"] = round(self.time_share.get(row.name, 0.0), 6)
             layers.append(d)
         total = {
-            "params": self.total.params,
+            "param_count": self.total.param_count,
             "macs": self.total.macs,
             "counted_macs": self.total.counted_macs,
             "bytes_moved": self.total.bytes_moved,
