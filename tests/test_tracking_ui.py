@@ -240,6 +240,26 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
     assert progress.eta_seconds(0, None, 5.0, None) is None
 
 
+def test_a_notebook_gets_the_live_bar_when_ipywidgets_can_draw_it(monkeypatch):
+    """ipykernel's stdout is no terminal: the bar is drawn when rich sees Jupyter and
+    ipywidgets is there, plain lines otherwise (rich would only warn)."""
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_jupyter", property(lambda self: True))
+    found = {"ipywidgets": True}
+    real_find_spec = progress.importlib.util.find_spec
+    monkeypatch.setattr(
+        progress.importlib.util,
+        "find_spec",
+        lambda name: object() if found.get(name) else real_find_spec(name),
+    )
+    assert progress.SearchProgress(total=4).live  # sys.stdout, not a terminal under pytest
+    assert not progress.SearchProgress(total=4, stream=io.StringIO()).live  # a file: lines
+    found["ipywidgets"] = False
+    monkeypatch.setattr(progress.importlib.util, "find_spec", lambda name: None)
+    assert not progress.SearchProgress(total=4).live
+
+
 def test_the_pareto_frontier_keeps_points_no_other_beats():
     pts = [
         plots.Point("baseline", 0, "baseline", 0.96, 1.0, False),

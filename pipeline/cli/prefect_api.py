@@ -254,6 +254,45 @@ def quiet_console(types: tuple[type[BaseException], ...]) -> Iterator[None]:
             h.removeFilter(quiet)
 
 
+class _WarningsUp(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def only_warnings(enabled: bool = True) -> Iterator[None]:
+    """While enabled, Prefect's console prints warnings and errors only, and MLflow's
+    artifact download bars are off: what is left on screen is the job's progress and
+    result. Prefect's API still receives every log line (the UI shows them all)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    only = _WarningsUp()
+    printing = [
+        h
+        for name in ("", "prefect")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, PrefectConsoleHandler)
+    ]
+    bar = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(bar)
+    os.environ[bar] = "false"
+    for h in printing:
+        h.addFilter(only)
+    try:
+        yield
+    finally:
+        for h in printing:
+            h.removeFilter(only)
+        if before is None:
+            os.environ.pop(bar, None)
+        else:
+            os.environ[bar] = before
+
+
 # -- the server process ------------------------------------------------------------------
 def _die_with_parent(parent: int) -> None:
     with contextlib.suppress(Exception):

@@ -208,6 +208,12 @@ def register(sub) -> None:
     add_job_arguments(p)
     p.add_argument("--summary-json", help="also write the result summary to this path")
     p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings, the search's progress and the result (Prefect's task "
+        "lines and MLflow's download bars still reach their stores, not the screen)",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN_ID",
         help="continue the job recorded under this "
@@ -302,7 +308,11 @@ def _run_job(spec: Any, args: argparse.Namespace) -> int:
         )
         faults = () if args.debug else fault_types()
         quiet = (*user_errors, *faults, SearchFault)
-        with prefect_api.serving() as api, prefect_api.quiet_console(quiet):
+        with (
+            prefect_api.serving() as api,
+            prefect_api.quiet_console(quiet),
+            prefect_api.only_warnings(getattr(args, "quiet", False)),
+        ):
             if api is not None:
                 INTERRUPTS.on_exit.append(api.kill_now)
             summary = compress(spec, resume_run_id=args.resume)

@@ -1,5 +1,6 @@
-"""The search's progress in the terminal: a live bar (rich) when stdout is a terminal,
-one plain line per round otherwise (CI, log files, a worker's captured output).
+"""The search's progress in the terminal: a live bar (rich) when stdout is a terminal or
+a Jupyter notebook that can draw one (rich draws it in an ipywidgets output), one plain
+line per round otherwise (CI, log files, a worker's captured output).
 
 Both show rounds done (of the budget), the best candidate so far, the time spent and an
 estimate of the time left (mean seconds per round so far, times the rounds left, capped
@@ -8,6 +9,7 @@ by a time budget).
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from typing import IO, Any
@@ -65,6 +67,14 @@ def line(state: SearchState, total: int | None, elapsed: float, minutes: float |
     )
 
 
+def jupyter_can_draw() -> bool:
+    """Whether this is a Jupyter kernel (rich's own test) with ipywidgets installed: rich
+    draws a live bar there in a widget, and without ipywidgets only warns."""
+    from rich.console import Console
+
+    return Console().is_jupyter and importlib.util.find_spec("ipywidgets") is not None
+
+
 class SearchProgress:
     """``with SearchProgress(...) as p: ... p.update(state)`` after each finished round."""
 
@@ -77,7 +87,9 @@ class SearchProgress:
     ) -> None:
         self.total, self.minutes = total, minutes
         self.stream = stream or sys.stdout
-        self.live = self.stream.isatty() if live is None else live
+        if live is None:
+            live = self.stream.isatty() or (self.stream is sys.stdout and jupyter_can_draw())
+        self.live = live
         self.started = time.monotonic()
         self._bar: Any = None
         self._task: Any = None
