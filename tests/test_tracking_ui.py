@@ -235,6 +235,10 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].startswith("progress: 2/4 rounds")
     assert "best: round 1, acc 0.9000, compression 2.50x" in lines[1]
+    custom = io.StringIO()
+    with progress.SearchProgress(total=4, stream=custom, metric="val neg_mse") as p:
+        p.update(state)
+    assert "best: round 1, val neg_mse 0.9000" in custom.getvalue()  # not "acc"
     assert progress.eta_seconds(2, 4, 60.0, None) == 60.0
     assert progress.eta_seconds(2, 4, 60.0, 1.5) == 30.0  # the time budget ends first
     assert progress.eta_seconds(0, None, 5.0, None) is None

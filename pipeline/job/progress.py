@@ -46,23 +46,31 @@ def clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def best_text(state: SearchState) -> str:
+def best_text(state: SearchState, metric: str = "acc") -> str:
+    """The best so far; ``metric`` names the job's metric (a custom task's ``neg_mse``)."""
     best = state.best()
     if best is None:
         return "best: none yet"
     mark = "" if state.feasible(best) else ", short of target"
     return (
-        f"best: round {best.round}, acc {best.accuracy:.4f}, "
+        f"best: round {best.round}, {metric} {best.accuracy:.4f}, "
         f"{state.target_kind} {best.achieved(state.target_kind) or 0:.2f}x{mark}"
     )
 
 
-def line(state: SearchState, total: int | None, elapsed: float, minutes: float | None) -> str:
+def line(
+    state: SearchState,
+    total: int | None,
+    elapsed: float,
+    minutes: float | None,
+    metric: str = "acc",
+) -> str:
     done = len(state.results)
     of = f"/{total}" if total is not None else ""
     left = eta_seconds(done, total, elapsed, minutes)
     return (
-        f"progress: {done}{of} rounds | {best_text(state)} | elapsed {clock(elapsed)} | "
+        f"progress: {done}{of} rounds | {best_text(state, metric)} | "
+        f"elapsed {clock(elapsed)} | "
         f"left ~{clock(left)}"
     )
 
@@ -84,8 +92,9 @@ class SearchProgress:
         minutes: float | None = None,
         stream: IO[str] | None = None,
         live: bool | None = None,
+        metric: str = "acc",
     ) -> None:
-        self.total, self.minutes = total, minutes
+        self.total, self.minutes, self.metric = total, minutes, metric
         self.stream = stream or sys.stdout
         if live is None:
             live = self.stream.isatty() or (self.stream is sys.stdout and jupyter_can_draw())
@@ -124,11 +133,16 @@ class SearchProgress:
     def update(self, state: SearchState) -> None:
         elapsed = time.monotonic() - self.started
         if self._bar is None:
-            print(line(state, self.total, elapsed, self.minutes), file=self.stream, flush=True)
+            print(
+                line(state, self.total, elapsed, self.minutes, self.metric),
+                file=self.stream,
+                flush=True,
+            )
             return
         done = len(state.results)
         left = eta_seconds(done, self.total, elapsed, self.minutes)
-        self._bar.update(self._task, completed=done, left=clock(left), best=best_text(state))
+        best = best_text(state, self.metric)
+        self._bar.update(self._task, completed=done, left=clock(left), best=best)
 
     def fraction(self, state: SearchState) -> float:
         elapsed = time.monotonic() - self.started
