@@ -35,6 +35,13 @@ def test_a_custom_metric_is_named_and_an_uncounted_count_is_a_dash():
     assert params.split() == ["parameters", "5,000", "-"]
 
 
+def test_the_mlflow_description_names_a_custom_metric_too():
+    text = description(summary(metric="neg_mse"))
+    assert "validation metric (neg_mse) -0.5500 (baseline -0.5000)" in text
+    assert "accuracy" not in text
+    assert "validation accuracy -0.5500" in description(summary())  # classification
+
+
 def test_each_speedup_says_which_measurement_it_is():
     text = table(summary())
     assert "val accuracy" in text  # a summary without a metric name: classification

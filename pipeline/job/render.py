@@ -161,6 +161,7 @@ def description(summary: dict[str, Any]) -> str:
     t, b, w, r = summary["target"], summary["baseline"], summary["best"], summary["rounds"]
     where = " and ".join([t["runtime"], *t.get("also_on", [])])
     key = achieved_key(t["kind"])
+    metric = metric_label(summary)  # "accuracy", or a custom task's "metric (neg_mse)"
     entries = summary.get("targets")
     if entries:
         met = sum(e["met"] for e in entries)
@@ -175,7 +176,7 @@ def description(summary: dict[str, Any]) -> str:
         source = f", from {source_words(w['source'])}" if w.get("source") else ""
         text += (
             f"Chosen: round {w['round']} ({'+'.join(w['learners'])}{source}), validation "
-            f"accuracy {w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test accuracy "
+            f"{metric} {w['accuracy']:.4f} (baseline {b['accuracy']:.4f}), test {metric} "
             f"{w['test_accuracy']:.4f} (baseline {b['test_accuracy']:.4f}), "
             f"{key} {times(w.get(key))}, speedup on {t['runtime']} {times(w['speedup'])}, "
             f"compression {times(w['compression'])}. "
@@ -189,8 +190,8 @@ def description(summary: dict[str, Any]) -> str:
             text += f"At {e['value']:g}x: {verdict}, nothing to report. "
             continue
         text += (
-            f"At {e['value']:g}x: {verdict}, round {best['round']}, validation accuracy "
-            f"{best['accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f}, "
+            f"At {e['value']:g}x: {verdict}, round {best['round']}, validation {metric} "
+            f"{best['accuracy']:.4f}, test {metric} {best['test_accuracy']:.4f}, "
             f"{key} {times(best.get(key))}. "
         )
     screened = summary.get("screening")
