@@ -553,7 +553,7 @@ def _search(
         rule_source=lambda params: f"rule:{chains.label(chains.chain_of(spec, params))}",
         normalize=chains.canonical(dims),
     )
-    metric = f"val {spec.evaluate.rpartition(':')[2]}" if spec.evaluate else "acc"
+    metric = "acc" if spec.metric_name == "accuracy" else f"val {spec.metric_name}"
     progress = SearchProgress(spec.budget.rounds, spec.budget.minutes, metric=metric)
     board = PrefectBoard(spec.job_name, log=_log)
     kind = spec.target.kind

@@ -662,6 +662,11 @@ class JobSpec(_Strict):
         return _as_chains(self.learners)
 
     @property
+    def metric_name(self) -> str:
+        """``accuracy``, or a custom task's metric: its evaluate function's name."""
+        return self.evaluate.rpartition(":")[2] if self.evaluate else "accuracy"
+
+    @property
     def learners_text(self) -> str:
         """The chain ("channel, int8") or the alternatives ("channel; int8; channel,int8")."""
         chains = self.chains

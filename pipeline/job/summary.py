@@ -46,7 +46,7 @@ def start(
     return {
         "job": spec.job_name,
         # What the ``accuracy`` figures measure: a custom task's evaluate function names it.
-        "metric": spec.evaluate.rpartition(":")[2] if spec.evaluate else "accuracy",
+        "metric": spec.metric_name,
         "target": target,
         "target_met": met,
         "stop_reason": stop_reason,
