@@ -31,7 +31,8 @@ from learners.base import Context
 _LOG = logging.getLogger(__name__)
 
 # Divergence: a restart multiplies the learning rate by LR_BACKOFF; an epoch whose mean
-# loss exceeds EXPLODE times the mean of the first REFERENCE_STEPS steps has exploded;
+# loss exceeds EXPLODE times (and 1 more than) the first step's loss or the mean of the
+# first REFERENCE_STEPS steps, whichever is lower, has exploded;
 # a classification model still at chance after max(STUCK_EPOCHS, a third of the epochs)
 # learns nothing at this rate. ResNet-56 on digits at lr 0.1 without warm-up: epoch-1
 # loss 6.45 against 2.3 at the start, validation 0.098 (chance 0.1).
@@ -623,7 +624,10 @@ def _check_epoch(
     epochs (at least STUCK_EPOCHS; only checked while epochs remain) even with its
     BatchNorm statistics re-estimated, and its training loss has not fallen below
     STUCK_LOSS_FRACTION of the first epoch's."""
-    reference = sum(first) / max(1, len(first))
+    # The lower of the first step's loss and the first steps' mean: when an epoch is only
+    # a few steps long, a loss that explodes within them lifts their mean with it (ResNet-18
+    # after non-uniform quantisation: loss 7-13 every round, never flagged).
+    reference = min(first[:1] + [sum(first) / max(1, len(first))])
     mean = curve["train_loss"][-1]
     if mean > max(EXPLODE * reference, reference + 1.0):
         raise Diverged(

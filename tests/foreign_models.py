@@ -13,7 +13,9 @@ batch's), :func:`low_momentum_cnn` has the opposite (0.001: the statistics barel
 from their initial values during training); squeeze-excitation, hardswish, stochastic
 depth and an output object are in :func:`mobile_se_net`; a channel shuffle written with
 ``view``/``transpose``/``flatten`` (on which torch-pruning raised ``ZeroDivisionError``)
-in :func:`shuffle_net`; Conv1d + BatchNorm1d in :func:`signal_cnn`; integer token ids in
+in :func:`shuffle_net`; torchvision's ShuffleNet V2 (``chunk`` straight into ``cat``, a
+``view``/``transpose`` shuffle; torch-pruning raised ``IndexError``) in
+:func:`tv_shufflenet_v2`; Conv1d + BatchNorm1d in :func:`signal_cnn`; integer token ids in
 :func:`tiny_bert` with :func:`token_data`.
 """
 
@@ -368,6 +370,87 @@ def shuffle_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return ShuffleNet(num_classes, in_channels)
 
 
+def tv_channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's shuffle: view into groups, transpose, contiguous, view back."""
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)
+
+
+def _tv_conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
+    pad = kernel // 2
+    return [nn.Conv2d(in_ch, out_ch, kernel, stride, pad, groups=groups, bias=False),
+            nn.BatchNorm2d(out_ch)]  # fmt: skip
+
+
+class TvShuffleUnit(nn.Module):
+    """torchvision's ShuffleNet V2 ``InvertedResidual``: ``chunk`` into halves, one half
+    straight into ``cat`` (stride 1); both branches on the whole input (stride 2)."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = oup // 2
+        self.branch1 = nn.Sequential()
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                *_tv_conv_bn(inp, inp, 3, stride, groups=inp),
+                *_tv_conv_bn(inp, half, 1),
+                nn.ReLU(inplace=True),
+            )
+        self.branch2 = nn.Sequential(
+            *_tv_conv_bn(inp if stride > 1 else half, half, 1),
+            nn.ReLU(inplace=True),
+            *_tv_conv_bn(half, half, 3, stride, groups=half),
+            *_tv_conv_bn(half, half, 1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return tv_channel_shuffle(out, 2)
+
+
+class TvShuffleNetV2(nn.Module):
+    """torchvision's ShuffleNetV2 module layout (conv1, maxpool, stage2-4, conv5, fc)."""
+
+    def __init__(self, repeats, widths, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(*_tv_conv_bn(in_channels, widths[0], 3, 2), nn.ReLU(True))
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        channels = widths[0]
+        for i, (n, out) in enumerate(zip(repeats, widths[1:4], strict=True), start=2):
+            units = [TvShuffleUnit(channels, out, 2)]
+            units += [TvShuffleUnit(out, out, 1) for _ in range(n - 1)]
+            setattr(self, f"stage{i}", nn.Sequential(*units))
+            channels = out
+        self.conv5 = nn.Sequential(*_tv_conv_bn(channels, widths[4], 1), nn.ReLU(True))
+        self.fc = nn.Linear(widths[4], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.conv1(x))
+        x = self.stage4(self.stage3(self.stage2(x)))  # type: ignore[operator]
+        return self.fc(self.conv5(x).mean([2, 3]))
+
+
+def tv_shufflenet_v2(num_classes: int = 10, in_channels: int = 1, small: bool = True):
+    """``small``: (1, 4, 1) units at widths 16-128 for tests (3 chunks in a row: fewer did
+    not raise torch-pruning's IndexError); else torchvision's x0.5
+    (4, 8, 4 units; 24, 48, 96, 192, 1024)."""
+    _seeded()
+    if small:
+        return TvShuffleNetV2((1, 4, 1), (16, 16, 32, 64, 128), num_classes, in_channels)
+    return TvShuffleNetV2((4, 8, 4), (24, 48, 96, 192, 1024), num_classes, in_channels)
+
+
+def tv_shufflenet_v2_x0_5(num_classes: int = 10, in_channels: int = 1):
+    return tv_shufflenet_v2(num_classes, in_channels, small=False)
+
+
 # --- the matrix: how each model is run, and an independent accuracy check ---------------
 
 
@@ -407,6 +490,7 @@ MODELS: dict[str, Case] = {
     "low_momentum_cnn": Case("low_momentum_cnn", DIGITS16, 6),
     "mobile_se_net": Case("mobile_se_net", DIGITS16, 6),
     "shuffle_net": Case("shuffle_net", DIGITS16, 6),
+    "tv_shufflenet_v2": Case("tv_shufflenet_v2", DIGITS16, 6),
 }
 
 # Learner chains and their targets: channel pruning against a measured speedup on

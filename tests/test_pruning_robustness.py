@@ -57,6 +57,39 @@ def test_the_view_transpose_shuffle_really_breaks_torch_pruning(monkeypatch):
         tp.DependencyGraph().build_dependency(awkward_net().eval(), example_inputs=IMAGE)
 
 
+def test_torchvisions_shufflenet_v2_prunes_inside_its_branches(monkeypatch):
+    """torchvision's ShuffleNet V2 (``chunk`` straight into ``cat``): torch-pruning read
+    ``torch.chunk``'s one saved size as one output and failed the whole model with
+    ``IndexError`` (the negative control). Completed, every unit's branch prunes inside
+    (1x1, depthwise, 1x1) and the network computes the original on the kept channels
+    (the final check); the block outputs pass a view/transpose shuffle and stay whole."""
+    from tests.foreign_models import tv_shufflenet_v2
+
+    model = tv_shufflenet_v2().eval()
+    example = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    learner = ChannelPruning(round_to=None)
+    info = ModelInfo(model, example)
+    roots = {g.root for g in learner.survey(info).groups}
+    assert {"conv1.0", "conv5.0", "stage3.1.branch2.3"} <= roots
+    assert all("Transpose" in e["reason"] for e in learner.survey(info).excluded)
+    pruned, _ = learner.prune(model, learner.uniform_params(info, 0.5), example)
+    before, after = _widths(model), _widths(pruned)
+    assert after["stage3.1.branch2.0"] == before["stage3.1.branch2.0"] // 2
+    assert after["stage3.1.branch2.5"] == before["stage3.1.branch2.5"]  # feeds the shuffle
+    assert pruned(example).shape == (1, 10)
+
+    real = channel_ops.shape_infer.init_shape_information
+    monkeypatch.setattr(channel_ops.shape_infer, "init_shape_information", real.__wrapped__)
+    fresh = tv_shufflenet_v2().eval()
+    with pytest.raises(IndexError):
+        channel_ops.StructuredPruner(
+            fresh,
+            example,
+            importance=tp.importance.MagnitudeImportance(),
+            ignored_layers=[fresh.fc],
+        )
+
+
 def test_groups_that_break_are_excluded_with_reasons_and_the_rest_prunes():
     model = random_bn_(awkward_net()).eval()
     found = survey(model, IMAGE, ChannelConfig())

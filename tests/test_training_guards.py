@@ -4,6 +4,8 @@ accuracy floor and a chance level that nothing counts below, warm-up and diverge
 retries, flags that complete a job file, and summary latencies that agree with their
 speedup."""
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -173,6 +175,23 @@ def test_a_diverging_run_restarts_at_a_lower_rate_and_records_it():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # Control: a sane rate trains once, with nothing recorded.
     sane = train_(TinyNet(num_classes=4), _blobs(), None, TrainSettings(epochs=2, lr=0.05))
+    assert "diverged_lr" not in sane
+
+
+def test_a_loss_that_explodes_within_a_short_epoch_is_caught():
+    """An epoch of 8 steps that blows up to a finite loss: the first steps' mean held
+    the explosion itself and the epoch matched it (the non-uniform learner's ResNet-18
+    fine-tunes ended at loss 7-13 unflagged). Measured against the first step's loss it
+    is caught and retried; the same model at a sane rate is left alone."""
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=4)
+    train_(model, _blobs(), None, TrainSettings(epochs=6, lr=0.05))  # a trained start
+    start = copy.deepcopy(model)
+    said: list[str] = []
+    settings = TrainSettings(epochs=1, lr=5.0, warmup=0.0, retries=2)
+    curve = train_(model, _blobs(seed=1), None, settings, log=said.append)
+    assert curve["diverged_lr"][0] == 5.0 and "mean loss" in said[0], (curve, said)
+    sane = train_(start, _blobs(seed=1), None, dataclasses.replace(settings, lr=0.05))
     assert "diverged_lr" not in sane
 
 

@@ -206,6 +206,9 @@ def survey(model: nn.Module, example_inputs: torch.Tensor, config: ChannelConfig
         return _surveys[key]
 
 
+_warned: set[int] = set()  # surveys (cached for the process) whose exclusions were told
+
+
 def _fingerprint(model: nn.Module, example: torch.Tensor, config: ChannelConfig) -> str:
     h = hashlib.sha256(repr(model).encode())
     for m in model.modules():
@@ -460,7 +463,8 @@ class ChannelPruning(LearnerDefaults):
         else:
             ratios = {g.root: float(params.get(f"ratio.{g.stage}", 0.0)) for g in found.groups}
         importance = params.get("importance", c.importances[0])
-        if found.excluded:
+        if found.excluded and id(found) not in _warned:  # once per model, not per candidate
+            _warned.add(id(found))
             warnings.warn(f"channel pruning {found.describe_excluded()}", stacklevel=2)
         excluded = [model.get_submodule(layer) for e in found.excluded for layer in e["layers"]]
         # MetaPruner plus channel shuffles, grouped-conv balance and a final check

@@ -1,6 +1,6 @@
 """What torch-pruning 1.6.1 cannot see on its own, taught through its extension points.
 
-Four gaps break structured pruning of ShuffleNets (Torch-Pruning's own docs list
+Six gaps break structured pruning of ShuffleNets (Torch-Pruning's own docs list
 torchvision's ShuffleNetV2 as unprunable):
 
 1. **Channel shuffle moves channels.** DepGraph treats unknown ops as element-wise and
@@ -33,6 +33,8 @@ torchvision's ShuffleNetV2 as unprunable):
    model could be pruned. The mapping is computed per reshape here (``guard_reshapes``):
    a reshape it fails on is marked and treated like the ops of gap 4, and the rest of
    the model stays prunable.
+6. **``torch.chunk`` loses an output** (``complete_chunks``, below), failing the whole
+   graph of torchvision's ShuffleNet V2 with ``IndexError``.
 
 Every pruning ends with a check: the pruned network must compute what the original
 computes with the removed channels zeroed (after every convolution, Linear and norm
@@ -52,7 +54,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency import index_mapping, shape_infer
 
 # Layers whose output channels are pruned (the roots of dependency groups), and the layers
 # whose outputs the final check masks: every layer whose output width follows them.
@@ -98,6 +100,55 @@ def guard_reshapes() -> None:
 
 
 guard_reshapes()
+
+
+def _chunk_index(split_node, out_node) -> int | None:
+    """Which output of ``split_node``'s autograd function ``out_node`` reads."""
+    for fn, index in getattr(out_node.grad_fn, "next_functions", ()):
+        if fn is split_node.grad_fn:
+            return int(index)
+    return None
+
+
+def complete_chunks(graph) -> None:
+    """Gap 6: ``torch.chunk`` saves one size (``_saved_split_size``) where DepGraph reads
+    a list (``_saved_split_sizes``), so it falls back to inferring each output's width and
+    drops one it cannot infer (a chunk fed straight into a concat, torchvision's ShuffleNet
+    V2); its concat mapping then reads past the offsets (``IndexError``) and no layer of
+    the model could be pruned. The sizes are completed from the saved ones, and the
+    outputs put in chunk order (DepGraph maps output ``i`` to offsets ``i:i+2``)."""
+    for node in graph.module2node.values():
+        fn = node.grad_fn
+        if node.type != tp.ops.OPTYPE.SPLIT or not hasattr(fn, "_saved_split_size"):
+            continue
+        sizes = list(getattr(fn, "_saved_self_sym_sizes", ()))
+        dim = int(getattr(fn, "_saved_dim", -1))
+        if dim < 0:
+            dim += len(sizes)
+        if not sizes or dim != 1:
+            continue
+        size, total = int(fn._saved_split_size), int(sizes[1])
+        chunks = [min(size, total - start) for start in range(0, total, size)]
+        index = {id(n): _chunk_index(node, n) for n in node.outputs}
+        if len(chunks) != len(node.outputs) or sorted(index.values()) != list(range(len(chunks))):
+            continue  # an unused chunk or an unknown reader: left to DepGraph
+        node.outputs.sort(key=lambda n: index[id(n)])
+        node.module.split_sizes = chunks
+        node.module.offsets = [sum(chunks[:i]) for i in range(len(chunks) + 1)]
+
+
+def _completing(real):
+    def init_shape_information(graph) -> None:
+        real(graph)
+        complete_chunks(graph)
+
+    init_shape_information.completing = True  # type: ignore[attr-defined]
+    init_shape_information.__wrapped__ = real  # type: ignore[attr-defined]
+    return init_shape_information
+
+
+if not getattr(shape_infer.init_shape_information, "completing", False):
+    shape_infer.init_shape_information = _completing(shape_infer.init_shape_information)
 
 
 def is_permutation(module: Any) -> bool:
