@@ -3,10 +3,11 @@ rule's start, promotion by screening score, the latency table's skips, a front o
 targets, resume without repeating, and the summary's rank correlation."""
 
 import math
+import sys
 
 import pytest
 
-from hpo.space import Real
+from hpo.space import Categorical, Real
 from pipeline.job.search import state_for
 from pipeline.job.twofidelity import TwoFidelity, distance, screening_budget, spearman
 from pipeline.records.results import CandidateResult, ScreeningResult
@@ -122,6 +123,26 @@ def test_settings_predicted_far_below_the_target_are_not_built():
     assert skipped and all(r.predicted < 0.8 * 2.0 and "predicted" in r.error for r in skipped)
     assert tf.built == sum(screens) == 30  # skipped ones are not built nor counted
     assert all(r.predicted is not None for r in tf.screenings)
+
+
+def test_a_rule_start_predicted_short_is_still_built_and_evaluated(monkeypatch):
+    """Every setting predicted far below the target (int8 on a tiny graph): the others are
+    skipped, but the rule start is screened and fully evaluated, so the job ends with a
+    measured candidate on record instead of none."""
+    rule = {"x": 0.5, "y": 0.5}
+    tf, _, screens, fulls, _ = search(job(rounds=2, screen=10), start=rule, predict=lambda p: 0.5)
+    assert tf.screenings[0].params == rule and tf.screenings[0].status != "skipped"
+    assert all(r.status == "skipped" for r in tf.screenings[1:])
+    assert tf.state.results and tf.state.results[0].params == rule
+    assert tf.state.results[0].source == "rule"
+    # int8's space is a few categories: the GP proposes the rule again and again, and it
+    # is built once (it was screened 60 times in one job).
+    two = [Categorical("x", (0.0, 1.0)), Categorical("y", (0.0, 1.0))]
+    monkeypatch.setattr(sys.modules[__name__], "DIMS", two)
+    rule = {"x": 0.0, "y": 0.0}
+    tf, *_ = search(job(rounds=2, screen=30), start=rule, predict=lambda p: 0.5)
+    built = [r for r in tf.screenings if r.status != "skipped"]
+    assert [r.params for r in built] == [rule] and len(tf.screenings) > 10
 
 
 def test_a_front_gets_a_winner_per_target():

@@ -19,12 +19,12 @@ predicted shortfall (with the baseline's accuracy: an optimistic guess the short
 penalty outweighs), so the GP stops proposing them.
 
 The fixed rule's setting (the chain's rule start, ``learners.aids``), when there is one,
-is screened first and fully evaluated first: the search starts from the rule's answer,
-and its source says whether the winner came from the rule or from the search. A job with
-alternative chains (``pipeline.job.chains``) has one rule start per chain, all screened
-and fully evaluated before any other setting, so the search starts from the best rule of
-each method; its proposals are put in the space's canonical form (``normalize``: the
-dimensions a setting's chain does not use held at one value).
+is screened first (whatever the predictor says) and fully evaluated first: the search
+starts from the rule's answer, and its source says whether the winner came from the rule
+or from the search. A job with alternative chains (``pipeline.job.chains``) has one rule
+start per chain, all screened and fully evaluated before any other setting, so the search
+starts from the best rule of each method; its proposals are put in the space's canonical
+form (``normalize``: the dimensions a setting's chain does not use held at one value).
 
 Without screenings each iteration asks the optimisers for a batch of settings and
 evaluates them fully; the optimisers are told each full evaluation's loss as it is (with
@@ -264,7 +264,13 @@ class TwoFidelity:
         build: list[ScreeningResult] = []
         for row in rows:
             row.predicted = self.predict(row.params) if self.predict else None
-            if row.predicted is not None and row.predicted < floor:
+            # A rule start is never skipped: the search starts from the rule's answer, and
+            # a job whose every setting is predicted short still ends with one on record.
+            if (
+                row.predicted is not None
+                and row.predicted < floor
+                and not self._unbuilt_start(row, build)
+            ):
                 row.status = "skipped"
                 row.error = (
                     f"predicted {self.state.target_kind} {row.predicted:.2f}x is below "
@@ -284,6 +290,13 @@ class TwoFidelity:
         self.on_screen(rows)
         self._log_chunk(rows)
         return rows
+
+    def _unbuilt_start(self, row: ScreeningResult, building: list[ScreeningResult]) -> bool:
+        """A rule start neither screened yet nor about to be (proposed again, it is
+        skipped as any other setting)."""
+        return row.params in self.starts and not any(
+            r.params == row.params and r.status != "skipped" for r in [*self.screenings, *building]
+        )
 
     def _tell(self, rows: list[ScreeningResult]) -> None:
         """One tell (one GP fit) per chunk of screenings: the last full evaluations ride
