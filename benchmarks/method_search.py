@@ -272,10 +272,14 @@ def search_job(args, target: float, seed: int, rules: list[dict[str, Any]], weig
     raw = job_raw(args, target, seed, chains, weights)
     raw["name"] = f"ms-{target:g}x-s{seed}-search-{len(chains)}-chains"
     raw["budget"] = budget
+    if args.distill_search:  # distil or not, and T and alpha, become searched choices
+        raw["distillation"] = {"search": True}
+        raw["name"] += "-kd"
     chains_label = ";".join(label(c) for c in chains)
     base = keyed(args, target, seed, "search", chains_label, budget_asked(args))
     base.update(budget=budget, budget_why=why)
-    return Job(base, raw, cell_dir(args, target, seed) / f"search-{slug(budget_asked(args))}")
+    kd = "-kd" if args.distill_search else ""
+    return Job(base, raw, cell_dir(args, target, seed) / f"search{kd}-{slug(budget_asked(args))}")
 
 
 def search_budget(args, rules: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
@@ -344,6 +348,12 @@ def job_row(job: Job, baseline, seed: int) -> dict[str, Any]:
         source=best.get("source"),
         winner_chain=label(winner_chain(job.raw, best)),
         chain_param=(best.get("params") or {}).get("chain"),
+        # distillation as a searched choice (--distill-search): the winner's, and how
+        # many fully evaluated candidates distilled
+        distilled=(best.get("params") or {}).get("distill.on"),
+        distilled_candidates=sum(
+            (c.get("params") or {}).get("distill.on") is True for c in candidates
+        ),
         val_accuracy=best.get("accuracy"),
         job_test_accuracy=best.get("test_accuracy"),
         job_speedup=best.get("speedup"),
@@ -630,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--search-rounds", type=int, help="a rounds budget instead of minutes")
     parser.add_argument(
         "--screen", type=int, help="the search's budget.screen (default: the job's)"
+    )
+    parser.add_argument(
+        "--distill-search",
+        action="store_true",
+        help="the search job also chooses whether to distil (distillation.search); use its "
+        "own --out with the rule rows copied in, so the rules are not run again",
     )
     parser.add_argument("--rules-only", action="store_true", help="run the rules, not the search")
     parser.add_argument("--out", type=Path, default=OUT, help="every job's figures (JSON)")
