@@ -273,11 +273,25 @@ class Distillation(_Strict):
     search: bool = Field(
         default=False,
         description="let the optimiser choose whether to distil (per setting, so per chain) "
-        "and tune temperature and alpha",
+        "and tune temperature and alpha; turns `enabled` on",
     )
     teacher: str | None = Field(
         default=None, description="a model source or file; the baseline when empty"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_enables(cls, data: Any) -> Any:
+        """``search: true`` alone turns distillation on (the choice needs a teacher); with
+        ``enabled: false`` it contradicts itself. Before, it was silently ignored."""
+        if isinstance(data, dict) and data.get("search"):
+            if data.get("enabled", True) is False:
+                raise ValueError(
+                    "distillation.search: true needs distillation.enabled (the search "
+                    "chooses per setting whether to distil); drop enabled: false"
+                )
+            data = {**data, "enabled": True}
+        return data
 
 
 class Measure(_Strict):

@@ -200,7 +200,8 @@ def test_distilling_at_all_is_a_searched_choice():
 
     spec = job("channel;lowrank", {"speedup": 2, "runtime": "torch-cpu"},
                distillation={"enabled": True, "search": True})  # fmt: skip
-    dims = search_space(spec, ModelInfo(tiny_cnn(), torch.randn(2, 1, 8, 8)))
+    x = torch.randn(2, 1, 8, 8)
+    dims = search_space(spec, ModelInfo(tiny_cnn(), x))
     on = next(d for d in dims if d.name == "distill.on")
     assert set(on.choices) == {True, False}
     assert {"distill.temperature", "distill.alpha"} <= {d.name for d in dims}
@@ -209,6 +210,13 @@ def test_distilling_at_all_is_a_searched_choice():
     assert distill_settings(spec, {**chosen, "distill.on": False}) is None
     # a setting's own parameters keep the choice, whichever chain it is built by
     assert chains.own_params({"chain": "lowrank", **chosen}, ["lowrank"]) == chosen
+    # `search: true` alone searches it (it was silently ignored without `enabled`); with
+    # `enabled: false` the spec contradicts itself and is refused
+    alone = job("channel", {"speedup": 2, "runtime": "torch-cpu"}, distillation={"search": True})
+    assert alone.distillation.enabled
+    assert "distill.on" in {d.name for d in search_space(alone, ModelInfo(tiny_cnn(), x))}
+    with pytest.raises(ValueError, match="distillation.search: true needs"):
+        job("channel", {"speedup": 2}, distillation={"search": True, "enabled": False})
 
 
 def test_a_chain_with_nothing_to_search_is_left_out_and_the_rest_searched():
