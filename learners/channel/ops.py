@@ -129,8 +129,9 @@ def complete_chunks(graph) -> None:
             continue
         size, total = int(fn._saved_split_size), int(sizes[1])
         chunks = [min(size, total - start) for start in range(0, total, size)]
-        index = {id(n): _chunk_index(node, n) for n in node.outputs}
-        if len(chunks) != len(node.outputs) or sorted(index.values()) != list(range(len(chunks))):
+        found = {id(n): _chunk_index(node, n) for n in node.outputs}
+        index = {k: i for k, i in found.items() if i is not None}
+        if sorted(index.values()) != list(range(len(chunks))) or len(index) != len(found):
             continue  # an unused chunk or an unknown reader: left to DepGraph
         node.outputs.sort(key=lambda n: index[id(n)])
         node.module.split_sizes = chunks
