@@ -57,12 +57,19 @@ def test_the_view_transpose_shuffle_really_breaks_torch_pruning(monkeypatch):
         tp.DependencyGraph().build_dependency(awkward_net().eval(), example_inputs=IMAGE)
 
 
-def test_torchvisions_shufflenet_v2_prunes_inside_its_branches(monkeypatch):
-    """torchvision's ShuffleNet V2 (``chunk`` straight into ``cat``): torch-pruning read
+def test_torchvisions_shufflenet_v2_prunes_its_branches_and_its_unit_outputs(monkeypatch):
+    """torchvision's ShuffleNet V2 (``chunk`` straight into ``cat``, a view/transpose
+    shuffle). Its units are rewritten on the learner's copy (a split sized by the branch,
+    the shuffle as a stored permutation: ``learners.channel.rewrite``), so the unit
+    outputs prune as well as the branch interiors; the final check (the pruned network
+    computes the original on the kept channels) passes, and the recorded history replays
+    onto the user's unrewritten model. Negative controls: torch-pruning read
     ``torch.chunk``'s one saved size as one output and failed the whole model with
-    ``IndexError`` (the negative control). Completed, every unit's branch prunes inside
-    (1x1, depthwise, 1x1) and the network computes the original on the kept channels
-    (the final check); the block outputs pass a view/transpose shuffle and stay whole."""
+    ``IndexError``; without the rewrite the unit outputs stay whole. (The stage's first
+    group, too narrow to lose a channel at the largest ratio, is left alone without the
+    depthwise conv it shares with the other unit outputs: ignoring that conv kept every
+    unit output of the stage whole.)"""
+    from learners.channel import learner as channel_learner
     from tests.foreign_models import tv_shufflenet_v2
 
     model = tv_shufflenet_v2().eval()
@@ -70,13 +77,23 @@ def test_torchvisions_shufflenet_v2_prunes_inside_its_branches(monkeypatch):
     learner = ChannelPruning(round_to=None)
     info = ModelInfo(model, example)
     roots = {g.root for g in learner.survey(info).groups}
-    assert {"conv1.0", "conv5.0", "stage3.1.branch2.3"} <= roots
-    assert all("Transpose" in e["reason"] for e in learner.survey(info).excluded)
-    pruned, _ = learner.prune(model, learner.uniform_params(info, 0.5), example)
+    assert {"conv1.0", "conv5.0", "stage3.1.branch2.3", "stage3.1.branch2.5"} <= roots
+    assert not any("Transpose" in e["reason"] for e in learner.survey(info).excluded)
+    pruned, history = learner.prune(model, learner.uniform_params(info, 0.5), example)
     before, after = _widths(model), _widths(pruned)
     assert after["stage3.1.branch2.0"] == before["stage3.1.branch2.0"] // 2
-    assert after["stage3.1.branch2.5"] == before["stage3.1.branch2.5"]  # feeds the shuffle
-    assert pruned(example).shape == (1, 10)
+    assert after["stage3.1.branch2.5"] < before["stage3.1.branch2.5"]  # feeds the shuffle
+    assert type(model.stage3[1]).__name__ == "TvShuffleUnit"  # the user's model untouched
+    replayed = learner.replay(model, {"history": history}, Context(None, None, example, None))
+    with torch.no_grad():
+        assert torch.allclose(replayed(example), pruned(example), atol=1e-6)
+        assert pruned(example).shape == (1, 10)
+
+    monkeypatch.setattr(channel_learner, "prunable_form", lambda model, example: [])
+    monkeypatch.setattr(channel_learner, "_surveys", {})
+    found = learner.survey(ModelInfo(tv_shufflenet_v2().eval(), example))
+    outputs = [e for e in found.excluded if "stage3.1.branch2.5" in e["layers"]]
+    assert outputs and "Transpose" in outputs[0]["reason"]
 
     real = channel_ops.shape_infer.init_shape_information
     monkeypatch.setattr(channel_ops.shape_infer, "init_shape_information", real.__wrapped__)
@@ -88,6 +105,33 @@ def test_torchvisions_shufflenet_v2_prunes_inside_its_branches(monkeypatch):
             importance=tp.importance.MagnitudeImportance(),
             ignored_layers=[fresh.fc],
         )
+
+
+def test_a_unit_shaped_like_shufflenets_but_computing_otherwise_is_not_rewritten():
+    """The rewrite is taken only where it computes what the unit computed: a module with
+    ``branch1``, ``branch2`` and ``stride`` that adds instead of shuffling keeps its own
+    forward (and ShuffleNet's units beside it are still rewritten)."""
+    from learners.channel.rewrite import SplitShuffleUnit, prunable_form
+    from tests.foreign_models import TvShuffleUnit
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stride = 1
+            self.branch1 = nn.Sequential()
+            self.branch2 = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())
+
+        def forward(self, x):
+            return x + self.branch2(x)
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), Residual(), TvShuffleUnit(8, 8, 1))
+    example = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(example)
+    assert prunable_form(model, example) == ["2"]
+    assert isinstance(model[1], Residual) and isinstance(model[2], SplitShuffleUnit)
+    with torch.no_grad():
+        assert torch.allclose(model(example), expected, atol=1e-6)
 
 
 def test_groups_that_break_are_excluded_with_reasons_and_the_rest_prunes():

@@ -41,6 +41,7 @@ from learners.aids import Aids, Probe
 from learners.base import RUNTIMES, Context, LearnerDefaults, ModelInfo, NothingToSearch
 from learners.channel import ops as channel_ops
 from learners.channel.aids import prepare_channel
+from learners.channel.rewrite import prunable_form
 from learners.finetune import finish_finetune_
 from learners.layers import output_layer_names
 
@@ -218,6 +219,15 @@ def _fingerprint(model: nn.Module, example: torch.Tensor, config: ChannelConfig)
     return h.hexdigest()
 
 
+def own_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The copy the learner surveys, prunes or replays: channel-shuffle units in the form
+    it can prune (``rewrite``); the same form every time, so group names and recorded
+    histories match."""
+    model = copy.deepcopy(model).eval()
+    prunable_form(model, example)
+    return model
+
+
 def _reason(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
     return text if len(text) <= 300 else text[:297] + "..."
@@ -263,7 +273,7 @@ def _probe(model: nn.Module, example: torch.Tensor, config: ChannelConfig, roots
 
 
 def _survey(model: nn.Module, example: torch.Tensor, config: ChannelConfig) -> Survey:
-    model = copy.deepcopy(model).eval()
+    model = own_copy(model, example)
     names = {m: n for n, m in model.named_modules()}
     try:
         with warnings.catch_warnings():
@@ -310,10 +320,14 @@ def _survey(model: nn.Module, example: torch.Tensor, config: ChannelConfig) -> S
         found = kept
     if same:  # too narrow to lose a channel at the largest ratio and its channel multiple
         multiples = layer_multiples(config, model, same)
+        # A layer these groups share with a group that prunes (a depthwise consumer of a
+        # stage's concatenated outputs) is left to that group: ignoring it would stop
+        # torch-pruning from pruning every group it belongs to.
+        pruned_layers = {n for r, ls in found if r not in same for n in ls}
         excluded += [
             {
                 "group": r,
-                "layers": list(ls),
+                "layers": [n for n in ls if n == r or n not in pruned_layers],
                 "reason": f"nothing to remove: at a ratio of {config.max_ratio} its width "
                 f"stays the same (channel multiple {multiples[r]})",
             }
@@ -453,7 +467,7 @@ class ChannelPruning(LearnerDefaults):
         groups (``survey``) are left alone."""
         c = self.config
         found = survey(model, example_inputs, c)
-        model = copy.deepcopy(model).eval()
+        model = own_copy(model, example_inputs)
         if c.granularity == "layer":
             ratios = {
                 layer: float(params.get(f"ratio.{layer}", 0.0))
@@ -508,7 +522,7 @@ class ChannelPruning(LearnerDefaults):
     def replay(self, model: nn.Module, record: dict[str, Any], ctx: Context) -> nn.Module:
         """Apply the recorded pruning history to a deep copy of ``model`` (the same
         architecture; traced on ``ctx.example_inputs``)."""
-        model = copy.deepcopy(model).eval()
+        model = own_copy(model, ctx.example_inputs)
         graph = channel_ops.dependency_graph(model, ctx.example_inputs)
         graph.load_pruning_history([(n, out, idx) for n, out, idx in record["history"]])
         return model

@@ -25,7 +25,8 @@ torchvision's ShuffleNetV2 as unprunable):
    the same on replay). ShuffleNet V2's channel split depends on it.
 4. **Ops DepGraph cannot map** (transpose/permute/gather on the channel axis, e.g. a
    reshape-transpose shuffle): the layers whose channels reach one are not pruned, with
-   a warning that names them.
+   a warning that names them. torchvision's ShuffleNet V2 units are rewritten into the
+   zoo's form before pruning (``learners.channel.rewrite``), so their shuffles prune.
 5. **Reshapes DepGraph cannot map crash the whole graph.** Its reshape index mapping
    divides by an inferred channel count that can be 0 (``ZeroDivisionError`` in
    ``update_reshape_index_mapping`` on a ShuffleNet channel shuffle written as
