@@ -25,6 +25,10 @@ from learners.base import Context, Learner, ModelInfo
 KINDS = ("speedup", "compression")
 
 Predict = Callable[[dict[str, Any]], float | None]
+# A setting -> why it is predicted to fail a check beyond the target (None: it is not).
+Veto = Callable[[dict[str, Any]], str | None]
+# (models, tag) -> (baseline ms, each model's ms), timed in one interleaved batch
+TimeModels = Callable[[list[nn.Module], str], tuple[float, list[float]]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,20 @@ class Reached:
 
 
 @dataclass(frozen=True)
+class NotSlowerOn:
+    """Timing on the runtime where the job's deliverable ships, lent when a candidate
+    slower than the baseline there is infeasible whatever its target runtime (the
+    pipeline's ``target.onnx_not_slower``): ``runtime`` its name, ``time_models`` and
+    ``timing`` as the probe's own, and ``skip_below``: a setting predicted below this
+    speedup there need not be built (the screening's margin for a predictor's error)."""
+
+    runtime: str
+    time_models: TimeModels
+    timing: Mapping[str, Any]
+    skip_below: float
+
+
+@dataclass(frozen=True)
 class Probe:
     """The measurements the pipeline lends a learner's ``prepare``.
 
@@ -72,17 +90,19 @@ class Probe:
     ``predictor``: whether the search will use a predictor (an expensive one need not be
     built otherwise). ``context()``: a context for builds without training (the job's
     data, a fine-tune that does nothing), so a learner can measure its own un-fine-tuned
-    output. Files go under ``workdir``."""
+    output. ``not_slower_on``: timing where the deliverable ships, when it must not be
+    slower there (None: no such check). Files go under ``workdir``."""
 
     target: Target
     achieved: Callable[[nn.Module], Reached | float]
     workdir: Path
-    time_models: Callable[[list[nn.Module], str], tuple[float, list[float]]] | None = None
+    time_models: TimeModels | None = None
     timing: Mapping[str, Any] = field(default_factory=dict)
     start: bool = True
     predictor: bool = True
     log: Callable[[str], None] = print
     context: Callable[[], Context] | None = None
+    not_slower_on: NotSlowerOn | None = None
 
     def aiming_at(self, value: float) -> Probe:
         return replace(self, target=Target(self.target.kind, value))
@@ -97,10 +117,12 @@ class Aids:
     cannot say. ``factor``: the factor predicted at ``start`` (what a chain divides the
     target by for the learners before this one). ``records``: file name -> JSON record for
     the job's run; ``files``: files to attach to it. ``unreachable``: why the target cannot
-    be met by this learner alone, when its calibration proves it."""
+    be met by this learner alone, when its calibration proves it. ``veto``: why a setting
+    is predicted to fail ``Probe.not_slower_on`` (None where it is not, or cannot say)."""
 
     start: dict[str, Any] | None = None
     predict: Predict | None = None
+    veto: Veto | None = None
     factor: float | None = None
     records: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)

@@ -4,7 +4,8 @@ Learners are prepared last to first, each for the target divided by the factors 
 learners after it are predicted to reach at their starts, so a structure learner before
 int8 is asked only for the part int8 does not give. The chain's start is every learner's
 start (none if one has none); its predictor is the product of the learners' predicted
-factors (none if one has none).
+factors (none if one has none). Its veto (``Aids.veto``) is its learner's when it has one
+learner, and none otherwise.
 
 Factors measured on the baseline do not multiply exactly: int8 shrinks a factorised
 model's file less than the baseline's, and a sparse file's positions are not coded in
@@ -23,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from hpo.space import split_namespace
-from learners.aids import Aids, Predict, Probe, Reached, learner_aids
+from learners.aids import Aids, Predict, Probe, Reached, Veto, learner_aids
 from learners.base import Learner, ModelInfo
 from learners.chain import apply_chain
 
@@ -34,6 +35,8 @@ CORRECTIONS = 3
 
 def chain_aids(learners: Sequence[Learner], info: ModelInfo, probe: Probe) -> Aids:
     """The chain's aids (module docstring)."""
+    if len(learners) > 1:  # no veto for it (``_veto_of``): its timing would be wasted
+        probe = replace(probe, not_slower_on=None)
     parts = _prepared(learners, info, probe)
     chain = _merged(parts)
     if len(parts) == 1:  # with others in the chain, their factors could make up for it
@@ -84,7 +87,18 @@ def _merged(parts: list[tuple[str, Aids]]) -> Aids:
     predictors = [(name, a.predict) for name, a in parts if a.predict is not None]
     if len(predictors) == len(parts):
         chain.predict = product_of(predictors)
+    chain.veto = _veto_of(parts)
     return chain
+
+
+def _veto_of(parts: list[tuple[str, Aids]]) -> Veto | None:
+    """A lone learner's veto, given its own (un-namespaced) parameters. None for a longer
+    chain: the other learners (int8 after pruning, ...) change how fast the shipped file
+    runs, which no single learner's prediction covers."""
+    if len(parts) != 1 or parts[0][1].veto is None:
+        return None
+    name, veto = parts[0][0], parts[0][1].veto
+    return lambda params: veto(split_namespace(params, name))
 
 
 def _measured(

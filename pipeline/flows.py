@@ -547,6 +547,7 @@ def _search(
         on_screen=lambda rows: tracker.log_screenings(screen_run, rows),
         on_result=lambda r, feasible: None,  # set below: it reports on the search's state
         predict=aids.predict,
+        veto=aids.veto,
         starts=starts,
         screenings=recorded,
         log=_log,

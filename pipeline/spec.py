@@ -93,7 +93,9 @@ class Target(_Strict):
         "onnxruntime-cpu, where its deployable ONNX file runs (checked only when torch-cpu "
         "is a target runtime and onnxruntime-cpu is not already one: one quick timing, a "
         "speedup under 1 there is infeasible at any target; nothing for GPU runtimes and "
-        "compression targets); false: not checked",
+        "compression targets); the two-fidelity screening then skips settings predicted "
+        "well below 1x there (under `screening.skip_below`; channel pruning's latency "
+        "table, measured on onnxruntime-cpu too); false: not checked",
     )
 
     @model_validator(mode="after")
@@ -358,7 +360,8 @@ class Screening(_Strict):
         gt=0,
         le=1,
         description="a setting whose predicted speedup is below this share of the smallest "
-        "target is not built (the latency table's prediction; speedup targets only)",
+        "target is not built (the latency table's prediction; speedup targets only), nor "
+        "one predicted below this speedup on onnxruntime-cpu (`target.onnx_not_slower`)",
     )
     repeats: int = Field(
         default=6, ge=3, description="timed pairs per screening (pooled for identical shapes)"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 
 from hpo.space import Integer, Real, split_namespace
-from learners.aids import Aids, Probe, Target
+from learners.aids import Aids, NotSlowerOn, Probe, Target
 from learners.base import ModelInfo
 from learners.chain import chain_space
 from learners.compose import chain_aids
@@ -57,7 +58,7 @@ class Fake:
         raise NotImplementedError
 
     def prepare(self, info: ModelInfo, probe: Probe) -> Aids:
-        self.asked = probe.target.value
+        self.asked, self.probe = probe.target.value, probe
         if isinstance(self.aids, Exception):
             raise self.aids
         return self.aids
@@ -96,6 +97,24 @@ def test_only_a_learner_alone_can_prove_the_target_unreachable():
     assert chain_aids([Fake("a", proof)], INFO, fake_probe()).unreachable == proof.unreachable
     other = Fake("b", Aids(start={"k": 0.5}))
     assert chain_aids([Fake("a", proof), other], INFO, fake_probe()).unreachable is None
+
+
+def test_a_chain_has_its_learners_veto_only_when_it_is_alone():
+    def slow(p):
+        return f"too slow at {p['k']}" if p["k"] > 0.5 else None
+
+    ships = NotSlowerOn("onnxruntime-cpu", lambda models, tag: (1.0, []), {}, 0.8)
+    probe = replace(fake_probe(), not_slower_on=ships)
+    lone = Fake("a", Aids(veto=slow))
+    alone = chain_aids([lone], INFO, probe)
+    assert lone.probe.not_slower_on is ships and alone.veto is not None
+    # given its own parameters, un-namespaced
+    assert alone.veto({"a.k": 0.7}) == "too slow at 0.7" and alone.veto({"a.k": 0.2}) is None
+    # a later learner changes how the shipped file runs: one learner's veto says nothing,
+    # and its table there is not even measured
+    first, second = Fake("a", Aids(veto=slow)), Fake("b", Aids())
+    assert chain_aids([first, second], INFO, probe).veto is None
+    assert first.probe.not_slower_on is None and second.probe.not_slower_on is None
 
 
 def test_a_failing_prepare_leaves_the_chain_without_that_learners_aids():

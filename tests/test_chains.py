@@ -126,6 +126,18 @@ def test_merged_aids_ask_the_settings_own_chain_and_are_unreachable_only_if_all_
     assert both.unreachable.startswith("every chain falls short")
 
 
+def test_merged_aids_veto_by_the_settings_own_chain():
+    by_chain = {
+        "channel": Aids(veto=lambda p: "too slow on onnxruntime" if p["channel.x"] > 0.5 else None),
+        "lowrank": Aids(),  # no veto of its own: none of its settings is vetoed
+    }
+    merged = chains.merged_aids(by_chain)
+    assert merged.veto({"chain": "channel", "channel.x": 0.7}) == "too slow on onnxruntime"
+    assert merged.veto({"chain": "channel", "channel.x": 0.3}) is None
+    assert merged.veto({"chain": "lowrank", "channel.x": 0.7}) is None
+    assert chains.merged_aids({"a": Aids(), "b": Aids()}).veto is None
+
+
 # A problem whose best chain is known: at a 3x target, chain lowrank keeps ~0.85 of its
 # accuracy where channel keeps ~0.5. Both rules are weak (set well past what 3x needs).
 def quality(p):

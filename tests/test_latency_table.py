@@ -109,6 +109,19 @@ def test_prediction_never_rises_with_a_ratio(rule):
     assert table.predict_ms({"ratio.a": 0.5}) < table.predict_ms({})
 
 
+def test_a_table_that_can_slow_down_keeps_its_points_as_measured():
+    """On onnxruntime a pruned unit can run slower than the baseline (odd widths): that
+    table must predict it, where the torch-cpu table's fit hides it."""
+    units = {"a": UnitTimings((0.25, 0.5, 0.75), (13.0, 7.0, 8.0), 10.0)}
+    fitted = LatencyTable(10.0, units, FAST)
+    kept = LatencyTable(10.0, units, FAST, can_slow_down=True)
+    assert [fitted.relative("a", r) for r in (0.25, 0.5, 0.75)] == pytest.approx([1.0, 0.75, 0.75])
+    assert [kept.relative("a", r) for r in (0.25, 0.5, 0.75)] == pytest.approx([1.3, 0.7, 0.8])
+    assert kept.predict_speedup({"ratio.a": 0.25}) == pytest.approx(1 / 1.3)
+    assert LatencyTable.from_dict(json.loads(json.dumps(kept.to_dict()))).can_slow_down
+    assert not LatencyTable.from_dict(fitted.to_dict()).can_slow_down
+
+
 def test_unknown_units_and_foreign_parameters_are_errors():
     table = hand_made()
     with pytest.raises(ValueError, match=r"'ratio\.c'.*units: a, b"):

@@ -57,7 +57,7 @@ def fake_evaluate(calls):
     return evaluate
 
 
-def search(spec, start=None, predict=None, screenings=None, state=None):
+def search(spec, start=None, predict=None, screenings=None, state=None, veto=None):
     screens, fulls, recorded = [], [], []
     state = state or state_for(spec, 0.95, 10)
     tf = TwoFidelity(
@@ -70,6 +70,7 @@ def search(spec, start=None, predict=None, screenings=None, state=None):
         on_screen=recorded.extend,
         on_result=lambda r, feasible: None,
         predict=predict,
+        veto=veto,
         starts=[start] if start else [],
         screenings=screenings or [],
         log=lambda line: None,
@@ -143,6 +144,43 @@ def test_a_rule_start_predicted_short_is_still_built_and_evaluated(monkeypatch):
     tf, *_ = search(job(rounds=2, screen=30), start=rule, predict=lambda p: 0.5)
     built = [r for r in tf.screenings if r.status != "skipped"]
     assert [r.params for r in built] == [rule] and len(tf.screenings) > 10
+
+
+def slow_on_onnx(p):
+    """A fake veto: settings with y above 0.6 predicted far slower on onnxruntime."""
+    if p["y"] <= 0.6:
+        return None
+    return "predicted 0.62x on onnxruntime-cpu, where the ONNX file ships; below 0.80x"
+
+
+def test_settings_the_veto_names_are_skipped_and_told_as_infeasible():
+    tf, _, screens, *_ = search(job(rounds=2, screen=30), predict=speed, veto=slow_on_onnx)
+    vetoed = [r for r in tf.screenings if r.vetoed]
+    assert vetoed and all(r.status == "skipped" and r.params["y"] > 0.6 for r in vetoed)
+    assert all(r.error == slow_on_onnx(r.params) for r in vetoed)
+    built = [r for r in tf.screenings if r.status != "skipped"]
+    assert all(r.params["y"] <= 0.6 for r in built) and tf.built == sum(screens) == 30
+    assert all(r.params["y"] <= 0.6 for r in tf.state.results)
+    # told as reaching nothing at the baseline's accuracy: no better than any predicted
+    # shortfall, nor than any measured candidate short of the target
+    short = [r for r in tf.screenings if r.status == "skipped" and not r.vetoed]
+    for t in tf.optimizers:
+        worst = max(tf._screen_loss(r, t) for r in [*short, *built])
+        assert all(tf._screen_loss(r, t) == pytest.approx(0.05 + 5.0) for r in vetoed)
+        assert all(tf._screen_loss(r, t) >= worst for r in vetoed)
+        # resumed from its record, it is told the same
+        again = ScreeningResult.from_dict(vetoed[0].to_dict())
+        assert tf._screen_loss(again, t) == tf._screen_loss(vetoed[0], t)
+
+
+def test_a_vetoed_rule_start_is_still_built_once():
+    rule = {"x": 0.5, "y": 0.9}
+    tf, *_ = search(job(rounds=2, screen=10), start=rule, veto=slow_on_onnx)
+    first = tf.screenings[0]
+    assert first.params == rule and first.status == "ok" and not first.vetoed
+    assert tf.state.results[0].params == rule and tf.state.results[0].source == "rule"
+    again = [r for r in tf.screenings[1:] if r.params == rule]
+    assert all(r.vetoed for r in again)  # proposed again, it is skipped as any other
 
 
 def test_a_front_gets_a_winner_per_target():

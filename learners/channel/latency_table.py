@@ -10,7 +10,10 @@ so machine drift between batches cancels. Between measured ratios the relative l
 is interpolated linearly (ratio 0 is the baseline, 1.0, by definition); past the largest
 measured ratio it stays flat. Noise can make a unit look slower pruned more; the
 measured points are fitted to a non-increasing curve (pool-adjacent-violators), so a
-prediction never rises with a ratio.
+prediction never rises with a ratio. Not so in a table built with ``can_slow_down`` (the
+one on onnxruntime-cpu, where the deployable file ships): there a pruned model can run
+slower than the baseline (widths that miss its blocked kernels' multiples, BENCHMARKS.md
+"Foreign models"), which is what that table must see, so its points stay as measured.
 
 Combination rule, ``calibrated`` (the default): predicted relative latency = (product of
 every unit's relative latency) ** g, where the power g is fitted (least squares in logs)
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -53,11 +56,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from learners.aids import TimeModels
 from learners.base import ModelInfo
 from learners.channel.calibrate import Pruner
-
-# (models, tag) -> (baseline ms, each model's ms), timed in one interleaved batch
-TimeModels = Callable[[list[nn.Module], str], tuple[float, list[float]]]
 
 RULES = ("calibrated", "multiplicative", "additive")
 # A noisy uniform batch must not turn the predictor over (a power <= 0 would make more
@@ -112,10 +113,13 @@ class UnitTimings:
             float(data["baseline_ms"]),
         )
 
-    def relative(self) -> list[float]:
+    def relative(self, as_measured: bool = False) -> list[float]:
         """Relative latency at each ratio, fitted non-increasing and capped at 1.0 (the
-        baseline's own: pruning alone does not make a model slower)."""
-        return [min(1.0, v) for v in non_increasing([m / self.baseline_ms for m in self.ms])]
+        baseline's own: pruning alone does not make a model slower), or ``as_measured``."""
+        measured = [m / self.baseline_ms for m in self.ms]
+        if as_measured:
+            return measured
+        return [min(1.0, v) for v in non_increasing(measured)]
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,8 @@ class LatencyTable:
     """Measured relative latencies per unit; ``predict_ms`` combines them (module docstring).
 
     ``settings`` (how it was timed) and ``learner_config`` say what the table was measured
-    for: a resumed job reuses a recorded table only when both are its own."""
+    for: a resumed job reuses a recorded table only when both are its own.
+    ``can_slow_down``: keep each unit's latencies as measured (module docstring)."""
 
     baseline_ms: float
     units: Mapping[str, UnitTimings]
@@ -132,6 +137,7 @@ class LatencyTable:
     uniform: UnitTimings | None = None  # every unit at each ratio together
     rule: str = "calibrated"
     build_seconds: float = 0.0
+    can_slow_down: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -143,7 +149,7 @@ class LatencyTable:
         """Predicted latency of ``unit`` pruned alone at ``ratio``, relative to the baseline."""
         timings = self.units[unit]
         xs = [0.0, *timings.ratios]
-        ys = [1.0, *timings.relative()]
+        ys = [1.0, *timings.relative(as_measured=self.can_slow_down)]
         return float(np.interp(ratio, xs, ys))  # flat past the last measured ratio
 
     def unit_ratios(self, params: Mapping[str, Any]) -> dict[str, float]:
@@ -207,6 +213,7 @@ class LatencyTable:
             "learner_config": dict(self.learner_config),
             "rule": self.rule,
             "build_seconds": self.build_seconds,
+            "can_slow_down": self.can_slow_down,
         }
 
     @classmethod
@@ -220,6 +227,7 @@ class LatencyTable:
             uniform=None if uniform is None else UnitTimings.from_dict(uniform),
             rule=str(data.get("rule", "calibrated")),
             build_seconds=float(data.get("build_seconds", 0.0)),
+            can_slow_down=bool(data.get("can_slow_down", False)),
         )
 
 
@@ -238,11 +246,13 @@ def build_table(
     time_models: TimeModels,
     settings: Mapping[str, Any],
     ratios: Sequence[float] | None = None,
+    can_slow_down: bool = False,
 ) -> LatencyTable:
     """Time the baseline and every unit of ``learner`` pruned alone at each of ``ratios``
     (default: ``default_ratios`` over the learner's range) with ``time_models`` (timing as
     ``settings`` say, recorded in the table), and every unit pruned together at each ratio
     (the uniform settings that calibrate the combination, see the module docstring).
+    ``can_slow_down``: the runtime may run a pruned model slower than the baseline.
 
     One interleaved batch per unit (and one for the uniform settings): the baseline and
     that unit's pruned copies, so each relative latency compares models timed side by
@@ -267,4 +277,5 @@ def build_table(
         learner_config=config.to_dict(),
         uniform=UnitTimings(points, tuple(ms), base),
         build_seconds=time.perf_counter() - start,
+        can_slow_down=can_slow_down,
     )

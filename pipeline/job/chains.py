@@ -114,8 +114,9 @@ def canonical(dims: list[Dimension]) -> Callable[[dict[str, Any]], dict[str, Any
 
 def merged_aids(by_chain: dict[str, Aids]) -> Aids:
     """One job's aids from its chains' (by label): the records, files, lines (each marked
-    with its chain) and warnings of all, and a predictor that asks the setting's own
-    chain. Starts are each chain's (``starts``); unreachable only if every chain is."""
+    with its chain) and warnings of all, and a predictor and a veto that ask the
+    setting's own chain. Starts are each chain's (``starts``); unreachable only if every
+    chain is."""
     if len(by_chain) == 1:
         return next(iter(by_chain.values()))
     out = Aids()
@@ -129,12 +130,18 @@ def merged_aids(by_chain: dict[str, Aids]) -> Aids:
             f"{n}: {a.unreachable}" for n, a in by_chain.items()
         )
     predictors = {n: a.predict for n, a in by_chain.items()}
+    vetoes = {n: a.veto for n, a in by_chain.items()}
 
     def predict(params: dict[str, Any]) -> float | None:
         own = predictors.get(str(params.get(CHAIN)))
         return own(params) if own is not None else None
 
+    def veto(params: dict[str, Any]) -> str | None:
+        own = vetoes.get(str(params.get(CHAIN)))
+        return own(params) if own is not None else None
+
     out.predict = predict
+    out.veto = veto if any(vetoes.values()) else None
     return out
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from learners.aids import Probe, Reached, Target
+from learners.aids import NotSlowerOn, Probe, Reached, Target
 from learners.base import Context, ModelInfo
 from learners.formats import export
 from pipeline import measure
-from pipeline.job.candidate import measurement_pool
+from pipeline.job.candidate import ONNX_RUNTIME, measurement_pool
 from pipeline.job.screening import no_finetune, screening_loaders
 from pipeline.job.settings import latency_settings
 from pipeline.spec import JobSpec
@@ -94,7 +94,8 @@ def probe_for(
     log: Callable[[str], None] = print,
 ) -> Probe:
     """The job's probe: its target (the smallest of a front), the un-fine-tuned figure of
-    a model against ``info``'s baseline, and quick timing on the target runtime."""
+    a model against ``info``'s baseline, quick timing on the target runtime, and on
+    onnxruntime-cpu where the job's candidates are checked there (``not_slower_on``)."""
     settings = latency_settings(spec, quick=True)
     workdir = out_dir / "calibration"
     return Probe(
@@ -109,4 +110,20 @@ def probe_for(
         predictor=predictor,
         log=log,
         context=build_context(spec, info.example_inputs),
+        not_slower_on=not_slower_on(spec, info, out_dir),
+    )
+
+
+def not_slower_on(spec: JobSpec, info: ModelInfo, out_dir: Path) -> NotSlowerOn | None:
+    """Quick timing on onnxruntime-cpu, where the deliverable ships, for a job whose
+    candidates must not run slower than the baseline there (``target.checks_onnx``, as
+    ``candidate.evaluate`` checks them), with the screening's margin; else None."""
+    if not spec.target.checks_onnx:
+        return None
+    settings = latency_settings(spec, ONNX_RUNTIME, quick=True)
+    return NotSlowerOn(
+        runtime=ONNX_RUNTIME,
+        time_models=time_models(info, settings, out_dir / "table-onnx"),
+        timing=asdict(settings),
+        skip_below=spec.screening.skip_below,
     )

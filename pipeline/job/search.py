@@ -74,6 +74,16 @@ def slower_on_onnx(r: CandidateResult) -> bool:
     return r.onnx_check is not None and r.onnx_check < 1.0
 
 
+def told_factor(r: CandidateResult, kind: str) -> float | None:
+    """The factor the optimiser is told: the achieved one, or the onnxruntime speedup
+    where that is below 1 (the veto makes the candidate infeasible at any target, and the
+    GP must see it so, not as the fast model it is on the target runtime)."""
+    achieved = r.achieved(kind)
+    if slower_on_onnx(r) and achieved is not None:
+        return min(achieved, r.onnx_check or 0.0)
+    return achieved
+
+
 @dataclass
 class SearchState:
     """The rounds so far and what makes one count. ``targets`` are every factor the job
@@ -141,7 +151,7 @@ class SearchState:
 
     def loss(self, r: CandidateResult, value: float | None = None) -> float:
         goal = self.target_value if value is None else value
-        return loss(r.accuracy, r.achieved(self.target_kind), goal, self.floor)
+        return loss(r.accuracy, told_factor(r, self.target_kind), goal, self.floor)
 
     def best(self, value: float | None = None) -> CandidateResult | None:
         """The most accurate candidate feasible at ``value`` (default: the smallest

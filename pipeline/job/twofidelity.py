@@ -18,6 +18,12 @@ and corrects them there. Settings skipped by the predictor are told a loss from 
 predicted shortfall (with the baseline's accuracy: an optimistic guess the shortfall
 penalty outweighs), so the GP stops proposing them.
 
+Where a candidate must also not run slower than the baseline on onnxruntime-cpu, where
+its ONNX file ships (``target.onnx_not_slower``), the chain's veto (``Aids.veto``: for
+channel pruning a second latency table, measured there) names the settings predicted
+well below 1x there; they are skipped too (``vetoed``), and told the loss of a setting
+that reaches nothing: they are infeasible at any target.
+
 The fixed rule's setting (the chain's rule start, ``learners.aids``), when there is one,
 is screened first (whatever the predictor says) and fully evaluated first: the search
 starts from the rule's answer, and its source says whether the winner came from the rule
@@ -44,13 +50,14 @@ from typing import Any
 from hpo.objective import FAILED_LOSS, loss
 from hpo.optimizer import Optimizer
 from hpo.space import Categorical, Dimension
-from pipeline.job.search import SearchState
+from pipeline.job.search import SearchState, told_factor
 from pipeline.records.results import CandidateResult, ScreeningResult
 from pipeline.spec import JobSpec
 
 ScreenBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 EvaluateBatch = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
 Predict = Callable[[dict[str, Any]], float | None]
+Veto = Callable[[dict[str, Any]], str | None]
 
 DEFAULT_ROUNDS = 30  # full evaluations when budget.rounds is unset (a time budget may end sooner)
 SCREENS_PER_ROUND = 15  # default screenings per full evaluation (budget.screen unset)
@@ -147,6 +154,7 @@ class TwoFidelity:
     on_screen: Callable[[list[ScreeningResult]], None]
     on_result: Callable[[CandidateResult, bool], None]
     predict: Predict | None = None
+    veto: Veto | None = None
     starts: list[dict[str, Any]] = field(default_factory=list)
     screenings: list[ScreeningResult] = field(default_factory=list)
     log: Callable[[str], None] = print
@@ -260,23 +268,14 @@ class TwoFidelity:
         first = len(self.screenings) + 1
         self._asked += len(proposals)
         rows = [ScreeningResult(index=first + i, params=p) for i, p in enumerate(proposals)]
-        floor = self.spec.screening.skip_below * self.state.targets[0]
         build: list[ScreeningResult] = []
         for row in rows:
             row.predicted = self.predict(row.params) if self.predict else None
             # A rule start is never skipped: the search starts from the rule's answer, and
             # a job whose every setting is predicted short still ends with one on record.
-            if (
-                row.predicted is not None
-                and row.predicted < floor
-                and not self._unbuilt_start(row, build)
-            ):
-                row.status = "skipped"
-                row.error = (
-                    f"predicted {self.state.target_kind} {row.predicted:.2f}x is below "
-                    f"{floor:.2f}x "
-                    f"({self.spec.screening.skip_below:g} of the smallest target)"
-                )
+            why = None if self._unbuilt_start(row, build) else self._skip_reason(row)
+            if why is not None:
+                row.status, row.error = "skipped", why
             else:
                 build.append(row)
         if build:
@@ -290,6 +289,21 @@ class TwoFidelity:
         self.on_screen(rows)
         self._log_chunk(rows)
         return rows
+
+    def _skip_reason(self, row: ScreeningResult) -> str | None:
+        """Why ``row`` is not built: the veto's reason (marked ``vetoed``), or its
+        predicted figure far below the smallest target; None: it is built."""
+        vetoed = self.veto(row.params) if self.veto else None
+        if vetoed is not None:
+            row.vetoed = True
+            return vetoed
+        floor = self.spec.screening.skip_below * self.state.targets[0]
+        if row.predicted is None or row.predicted >= floor:
+            return None
+        return (
+            f"predicted {self.state.target_kind} {row.predicted:.2f}x is below {floor:.2f}x "
+            f"({self.spec.screening.skip_below:g} of the smallest target)"
+        )
 
     def _unbuilt_start(self, row: ScreeningResult, building: list[ScreeningResult]) -> bool:
         """A rule start neither screened yet nor about to be (proposed again, it is
@@ -311,7 +325,10 @@ class TwoFidelity:
 
     def _screen_loss(self, row: ScreeningResult, target: float) -> float:
         if row.status == "skipped":
-            return loss(self.baseline_accuracy, row.predicted, target, self.state.floor)
+            # Vetoed: infeasible at any target, told as reaching nothing (a full shortfall,
+            # worse than any predicted shortfall).
+            reached = 0.0 if row.vetoed else row.predicted
+            return loss(self.baseline_accuracy, reached, target, self.state.floor)
         if row.status != "ok":
             return FAILED_LOSS
         # No floor on screenings: accuracy before fine-tuning sits below the baseline's.
@@ -321,8 +338,11 @@ class TwoFidelity:
         ok = [r for r in rows if r.status == "ok"]
         skipped = sum(r.status == "skipped" for r in rows)
         failed = sum(r.status == "failed" for r in rows)
+        vetoed = sum(r.vetoed for r in rows)
         best = max(ok, key=lambda r: r.accuracy or 0.0, default=None)
         line = f"screened {len(ok) + failed} settings ({skipped} skipped by the predictor"
+        if vetoed:
+            line += f", {vetoed} of them predicted slower where the ONNX file ships"
         line += f", {failed} failed)" if failed else ")"
         if best is not None:
             line += f"; best screening {best.accuracy:.4f} at {best.achieved:.2f}x"
@@ -425,7 +445,7 @@ class TwoFidelity:
     def _full_loss(self, r: CandidateResult, target: float, gap: float) -> float:
         if r.status != "ok" or r.accuracy is None:
             return FAILED_LOSS
-        achieved = r.achieved(self.state.target_kind)
+        achieved = told_factor(r, self.state.target_kind)
         # On the screening scale there is no floor; fine-tuned accuracy alone has one.
         floor = None if self.screening else self.state.floor
         return loss(r.accuracy - gap, achieved, target, floor)

@@ -67,8 +67,10 @@ class ScreeningResult:
     on a few hundred training samples, the metric on a fixed validation subset, and the
     cost: ``predicted`` from the latency table (None: no table), ``achieved`` measured
     (speedup on the declared runtime, or compression). Status "skipped" (``error`` says
-    why): never built, its predicted cost was far from every target. ``promoted_round``:
-    the round of its full evaluation, if it got one."""
+    why): never built, its predicted cost was far from every target, or (``vetoed``) it
+    was predicted far slower than the baseline where the ONNX file ships
+    (``Target.onnx_not_slower``). ``promoted_round``: the round of its full evaluation, if
+    it got one."""
 
     index: int
     params: dict[str, Any]
@@ -79,6 +81,7 @@ class ScreeningResult:
     achieved: float | None = None
     promoted_round: int | None = None
     seconds: float = 0.0
+    vetoed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
